@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Create a virtual environment and install spacy-rnn into it, CPU build of
+# PyTorch first (a bare "torch" requirement may pull a multi-GB CUDA build).
+#
+#   bash scripts/setup.sh [VENV_DIR] [EXTRAS]
+#
+# VENV_DIR defaults to .venv, EXTRAS to "dev". Set SPACY_RNN_TORCH to pin
+# another torch version.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${1:-.venv}"
+EXTRAS="${2:-dev}"
+TORCH="${SPACY_RNN_TORCH:-torch==2.13.0}"
+PYTHON="${PYTHON:-python3}"
+
+"$PYTHON" -m venv "$VENV"
+PY="$VENV/bin/python"
+"$PY" -m pip install --quiet --upgrade pip
+
+# A local wheel (pip's find-links) wins; otherwise PyTorch's CPU index.
+if ! "$PY" -m pip install --quiet --no-index --only-binary=:all: "$TORCH" 2>/dev/null; then
+    if ! "$PY" -m pip install --quiet "$TORCH" --index-url https://download.pytorch.org/whl/cpu; then
+        "$PY" -m pip install --quiet "$TORCH"
+    fi
+fi
+"$PY" -m pip install --quiet -e ".[${EXTRAS}]"
+"$PY" -c "import torch, spacy, thinc, spacy_rnn; print('spacy-rnn', spacy_rnn.__version__, '| spacy', spacy.__version__, '| thinc', thinc.__version__, '| torch', torch.__version__)"

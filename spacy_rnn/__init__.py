@@ -1,0 +1,6 @@
+"""spacy-rnn: recurrent networks (LSTM, GRU, RNN) as spaCy v3 components."""
+from .about import __version__
+from . import architectures  # noqa: F401  (registers the architectures)
+from . import pipeline  # noqa: F401  (registers the factories)
+
+__all__ = ["__version__"]

@@ -1,0 +1,343 @@
+"""A stack of recurrent layers that encodes variable-length sequences exactly.
+
+Plain PyTorch: nothing here imports spaCy or Thinc, so the module can be
+reused, tested and benchmarked on its own.
+
+Why not one fused bidirectional ``nn.LSTM`` over a padded batch: its backward
+direction starts at the end of the padded tensor and so reads the padding of
+every shorter sequence (spaCy's ``TorchBiLSTMEncoder.v1`` does exactly this).
+``pack_padded_sequence`` is exact but, on CPU, several times slower. The
+default here keeps one single-layer module per direction and layer, and runs
+the backward direction as a forward pass over each sequence reversed inside
+its own length: the padding then trails every sequence in both directions and
+can never leak into a real position.
+"""
+from typing import List, Optional, Sequence, Tuple
+
+import numpy
+import torch
+from torch import nn
+
+CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
+INITS = ("orthogonal", "xavier", "kaiming", "default")
+METHODS = ("auto", "reverse", "packed")
+
+# Per-time-step cost of a recurrent call, in units of "one more sequence in
+# the batch". Used to decide how to split a batch into length buckets: a new
+# bucket saves padded compute but pays this overhead for each of its steps.
+# Measured on a 2-core CPU with a 128-wide BiLSTM (benchmarks/encoder_speed.py).
+DEFAULT_BUCKET_OVERHEAD = 4.0
+
+
+class RNNStack(nn.Module):
+    """Stacked LSTM / GRU / Elman RNN, one- or two-directional.
+
+    input_size (int): Width of the input vectors.
+    hidden_size (int): Width of the output vectors; with ``bidirectional``
+        each direction gets half of it.
+    depth (int): Number of recurrent layers.
+    cell (str): One of "lstm", "gru", "rnn_tanh", "rnn_relu".
+    bidirectional (bool): Run a second, right-to-left direction per layer.
+    dropout (float): Dropout applied between layers (not after the last).
+    residual (bool): Add each layer's input to its output where widths match.
+    layer_norm (bool): Layer-normalise each layer's output.
+    init (str): "orthogonal", "xavier", "kaiming" or "default" (PyTorch's).
+    method (str): "reverse" (per-direction modules, sequences reversed inside
+        their own length), "packed" (``pack_padded_sequence``), or "auto".
+    bucket_overhead (float): Cost model constant for length bucketing; 0
+        disables bucketing beyond sorting.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        depth: int = 1,
+        cell: str = "lstm",
+        bidirectional: bool = True,
+        dropout: float = 0.0,
+        residual: bool = False,
+        layer_norm: bool = False,
+        init: str = "orthogonal",
+        method: str = "auto",
+        bucket_overhead: float = DEFAULT_BUCKET_OVERHEAD,
+    ):
+        super().__init__()
+        check_rnn_settings(
+            input_size=input_size,
+            hidden_size=hidden_size,
+            depth=depth,
+            cell=cell,
+            bidirectional=bidirectional,
+            dropout=dropout,
+            init=init,
+            method=method,
+        )
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.depth = depth
+        self.cell = cell
+        self.bidirectional = bidirectional
+        self.residual = residual
+        self.method = method
+        self.bucket_overhead = float(bucket_overhead)
+        self.dirs = 2 if bidirectional else 1
+        per_dir = hidden_size // self.dirs
+        self.fwd = nn.ModuleList()
+        self.bwd = nn.ModuleList()
+        self.norms = nn.ModuleList()
+        for i in range(depth):
+            n_in = input_size if i == 0 else hidden_size
+            self.fwd.append(_make_cell(cell, n_in, per_dir))
+            if bidirectional:
+                self.bwd.append(_make_cell(cell, n_in, per_dir))
+            if layer_norm:
+                self.norms.append(nn.LayerNorm(hidden_size))
+        self.dropout = nn.Dropout(dropout)
+        self.init_weights(init)
+
+    # -- initialisation -------------------------------------------------
+
+    def init_weights(self, scheme: str) -> None:
+        """Re-initialise the recurrent weights.
+
+        scheme (str): "orthogonal", "xavier", "kaiming" or "default".
+        """
+        if scheme == "default":
+            return
+        n_gates = _n_gates(self.cell)
+        nonlinearity = "relu" if self.cell == "rnn_relu" else "tanh"
+        for module in list(self.fwd) + list(self.bwd):
+            for name, param in module.named_parameters():
+                with torch.no_grad():
+                    if name.startswith("bias"):
+                        param.zero_()
+                        # A forget gate that starts open lets gradients flow
+                        # through long sequences from the first update.
+                        if self.cell == "lstm" and name.startswith("bias_ih"):
+                            h = param.shape[0] // 4
+                            param[h : 2 * h].fill_(1.0)
+                        continue
+                    # Initialise each gate's block on its own, so that an
+                    # orthogonal recurrent matrix is orthogonal per gate.
+                    for block in param.chunk(n_gates, dim=0):
+                        if scheme == "orthogonal" and name.startswith("weight_hh"):
+                            nn.init.orthogonal_(block)
+                        elif scheme == "kaiming":
+                            nn.init.kaiming_uniform_(block, nonlinearity=nonlinearity)
+                        else:
+                            nn.init.xavier_uniform_(block)
+
+    # -- forward passes -------------------------------------------------
+
+    def forward(self, flat: torch.Tensor, lengths: Sequence[int]) -> torch.Tensor:
+        """Encode a batch of sequences given as one concatenated matrix.
+
+        flat (torch.Tensor): (sum(lengths), input_size) rows of all sequences.
+        lengths (Sequence[int]): Length of each sequence, in order.
+        RETURNS (torch.Tensor): (sum(lengths), hidden_size) outputs, same order.
+        """
+        n_rows = int(sum(lengths))
+        if flat.shape[0] != n_rows:
+            raise ValueError(
+                f"RNNStack: got {flat.shape[0]} rows for lengths summing to {n_rows}"
+            )
+        if n_rows == 0:
+            return flat.new_zeros((0, self.hidden_size))
+        starts = numpy.zeros(len(lengths), dtype="int64")
+        lengths_np = numpy.asarray(lengths, dtype="int64")
+        if len(lengths) > 1:
+            starts[1:] = numpy.cumsum(lengths_np)[:-1]
+        # Longest first: each bucket is then a contiguous run, and "packed"
+        # needs the order anyway.
+        order = numpy.argsort(-lengths_np, kind="stable")
+        order = order[lengths_np[order] > 0]
+        padded_flat = torch.cat([flat, flat.new_zeros((1, flat.shape[1]))], dim=0)
+        outputs = []
+        out_positions = []
+        for bucket in plan_buckets(lengths_np[order], self.bucket_overhead):
+            seqs = order[bucket[0] : bucket[1]]
+            b_lengths = lengths_np[seqs]
+            T = int(b_lengths[0])
+            steps = numpy.arange(T)
+            valid = steps[None, :] < b_lengths[:, None]
+            gather = numpy.where(valid, starts[seqs][:, None] + steps[None, :], n_rows)
+            gather_t = torch.as_tensor(gather, device=flat.device)
+            X = padded_flat[gather_t]
+            Y = self.forward_padded(X, b_lengths.tolist())
+            valid_t = torch.as_tensor(valid.reshape(-1), device=flat.device)
+            outputs.append(Y.reshape(-1, self.hidden_size)[valid_t])
+            out_positions.append(gather[valid])
+        Y_sorted = torch.cat(outputs, dim=0)
+        positions = numpy.concatenate(out_positions)
+        inverse = numpy.empty_like(positions)
+        inverse[positions] = numpy.arange(len(positions))
+        return Y_sorted[torch.as_tensor(inverse, device=flat.device)]
+
+    def forward_padded(self, X: torch.Tensor, lengths: List[int]) -> torch.Tensor:
+        """Encode a padded, batch-first tensor whose lengths are sorted
+        longest first.
+
+        X (torch.Tensor): (batch, time, input_size).
+        lengths (List[int]): Real length of each row, descending.
+        RETURNS (torch.Tensor): (batch, time, hidden_size); padded positions
+            hold unspecified values.
+        """
+        method = self.method
+        if method == "auto":
+            method = "packed" if X.is_cuda else "reverse"
+        reverse_index = None
+        if self.bidirectional:
+            reverse_index = _reverse_index(lengths, X.shape[1], X.device)
+        for i in range(self.depth):
+            Y = self._run_direction(self.fwd[i], X, lengths, method)
+            if self.bidirectional:
+                X_rev = _reverse_within(X, reverse_index)
+                Y_rev = self._run_direction(self.bwd[i], X_rev, lengths, method)
+                Y = torch.cat([Y, _reverse_within(Y_rev, reverse_index)], dim=-1)
+            X = self._after_layer(i, X, Y)
+        return X
+
+    def forward_stream(
+        self, X: torch.Tensor, state: Optional[List] = None
+    ) -> Tuple[torch.Tensor, List]:
+        """Run a left-to-right stack over a continuous stream, carrying state.
+
+        Meant for language models with truncated backpropagation through
+        time: pass the returned state into the next window (detached).
+
+        X (torch.Tensor): (batch, time, input_size).
+        state (Optional[List]): Per-layer hidden state from the previous call.
+        RETURNS (Tuple[torch.Tensor, List]): Outputs and the new state.
+        """
+        if self.bidirectional:
+            raise ValueError(
+                "RNNStack.forward_stream needs a one-directional stack: a "
+                "right-to-left direction cannot carry state across windows"
+            )
+        new_state = []
+        for i in range(self.depth):
+            hx = state[i] if state is not None else None
+            Y, h = self.fwd[i](X, hx)
+            new_state.append(h)
+            X = self._after_layer(i, X, Y)
+        return X, new_state
+
+    # -- helpers ----------------------------------------------------------
+
+    def _run_direction(self, rnn, X, lengths, method):
+        if method == "packed" and lengths[-1] != X.shape[1]:
+            packed = nn.utils.rnn.pack_padded_sequence(
+                X, torch.as_tensor(lengths), batch_first=True, enforce_sorted=True
+            )
+            Y, _ = rnn(packed)
+            Y, _ = nn.utils.rnn.pad_packed_sequence(
+                Y, batch_first=True, total_length=X.shape[1]
+            )
+            return Y
+        Y, _ = rnn(X)
+        return Y
+
+    def _after_layer(self, i, X, Y):
+        if self.residual and X.shape[-1] == Y.shape[-1]:
+            Y = Y + X
+        if len(self.norms):
+            Y = self.norms[i](Y)
+        if i < self.depth - 1:
+            Y = self.dropout(Y)
+        return Y
+
+
+def check_rnn_settings(
+    *,
+    input_size: int,
+    hidden_size: int,
+    depth: int,
+    cell: str,
+    bidirectional: bool,
+    dropout: float,
+    init: str = "default",
+    method: str = "auto",
+) -> None:
+    """Refuse settings that cannot work, with a message that says why."""
+    if cell not in CELLS:
+        raise ValueError(f"Unknown RNN cell {cell!r}: choose one of {', '.join(CELLS)}")
+    if init not in INITS:
+        raise ValueError(f"Unknown init {init!r}: choose one of {', '.join(INITS)}")
+    if method not in METHODS:
+        raise ValueError(f"Unknown method {method!r}: choose one of {', '.join(METHODS)}")
+    if input_size < 1 or hidden_size < 1:
+        raise ValueError(
+            f"RNN widths must be positive, got input {input_size}, output {hidden_size}"
+        )
+    if depth < 1:
+        raise ValueError(f"RNN depth must be at least 1, got {depth}")
+    if bidirectional and hidden_size % 2:
+        raise ValueError(
+            f"A bidirectional RNN splits its width between two directions, so "
+            f"the width must be even; got {hidden_size}"
+        )
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"RNN dropout must be in [0, 1), got {dropout}")
+
+
+def plan_buckets(sorted_lengths: numpy.ndarray, overhead: float) -> List[Tuple[int, int]]:
+    """Split lengths sorted longest first into contiguous buckets that minimise
+    sum(bucket max length * (overhead + bucket size)), by dynamic programming.
+
+    sorted_lengths (numpy.ndarray): Positive lengths, descending.
+    overhead (float): Per-step cost of a call, in sequence units.
+    RETURNS (List[Tuple[int, int]]): (start, end) index pairs.
+    """
+    n = len(sorted_lengths)
+    if n == 0:
+        return []
+    if overhead <= 0 or n == 1:
+        return [(0, n)]
+    if n > 1024:
+        # Keep the quadratic search cheap on huge batches: plan chunks apart.
+        plans = []
+        for start in range(0, n, 1024):
+            chunk = plan_buckets(sorted_lengths[start : start + 1024], overhead)
+            plans.extend((start + a, start + b) for a, b in chunk)
+        return plans
+    L = sorted_lengths.astype("float64")
+    best = numpy.zeros(n + 1)
+    back = numpy.zeros(n + 1, dtype="int64")
+    for end in range(1, n + 1):
+        starts = numpy.arange(end)
+        cost = best[:end] + L[:end] * (overhead + (end - starts))
+        k = int(numpy.argmin(cost))
+        best[end] = cost[k]
+        back[end] = k
+    buckets = []
+    end = n
+    while end > 0:
+        buckets.append((int(back[end]), end))
+        end = int(back[end])
+    return buckets[::-1]
+
+
+def _make_cell(cell: str, n_in: int, n_hidden: int) -> nn.Module:
+    if cell == "lstm":
+        return nn.LSTM(n_in, n_hidden, 1, batch_first=True)
+    if cell == "gru":
+        return nn.GRU(n_in, n_hidden, 1, batch_first=True)
+    nonlinearity = "tanh" if cell == "rnn_tanh" else "relu"
+    return nn.RNN(n_in, n_hidden, 1, nonlinearity=nonlinearity, batch_first=True)
+
+
+def _n_gates(cell: str) -> int:
+    return {"lstm": 4, "gru": 3}.get(cell, 1)
+
+
+def _reverse_index(lengths: List[int], T: int, device) -> torch.Tensor:
+    steps = numpy.arange(T)
+    L = numpy.asarray(lengths)[:, None]
+    index = numpy.where(steps[None, :] < L, L - 1 - steps[None, :], steps[None, :])
+    return torch.as_tensor(index, device=device)
+
+
+def _reverse_within(X: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    expanded = index.unsqueeze(-1).expand(-1, -1, X.shape[-1])
+    return torch.gather(X, 1, expanded)

@@ -1,0 +1,52 @@
+"""Every shipped config loads with validation, and the text classification
+configs train end to end on the bundled fixture."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import spacy
+from spacy.util import load_config, load_model_from_config
+
+from .util import ROOT
+
+CONFIGS = sorted((ROOT / "configs").glob("*.cfg"))
+
+
+def test_configs_exist():
+    assert CONFIGS
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_config_loads_with_validation(path):
+    config = load_config(path)
+    nlp = load_model_from_config(config, auto_fill=True, validate=True)
+    assert nlp.pipe_names
+
+
+@pytest.fixture(scope="module")
+def fixture_corpus(tmp_path_factory):
+    out = tmp_path_factory.mktemp("corpus")
+    subprocess.run(
+        [sys.executable, "-m", "spacy_rnn", "convert-amazon",
+         str(ROOT / "assets" / "fixtures" / "reviews_tiny.jsonl"), str(out)],
+        check=True, capture_output=True,
+    )
+    return out
+
+
+@pytest.mark.parametrize("name", ["textcat_bilstm.cfg", "textcat_gru.cfg"])
+def test_textcat_config_trains_on_fixture(name, fixture_corpus, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "spacy", "train", str(ROOT / "configs" / name),
+         "--output", str(tmp_path),
+         "--paths.train", str(fixture_corpus / "train.spacy"),
+         "--paths.dev", str(fixture_corpus / "train.spacy"),
+         "--training.max_steps", "6", "--training.eval_frequency", "3",
+         "--components.textcat.model.tok2vec.embed.width", "32",
+         "--components.textcat.model.tok2vec.encode.width", "32"],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    nlp = spacy.load(tmp_path / "model-best")
+    assert set(nlp("great value").cats) == {"positive", "negative"}

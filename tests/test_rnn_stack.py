@@ -1,0 +1,123 @@
+import itertools
+
+import numpy
+import pytest
+import torch
+
+from spacy_rnn.torch_modules.rnn_stack import CELLS, RNNStack, plan_buckets
+
+
+def _alone_vs_batched(module, lengths, width):
+    torch.manual_seed(1)
+    flat = torch.randn(sum(lengths), width)
+    batched = module(flat, lengths)
+    diffs = []
+    start = 0
+    for n in lengths:
+        alone = module(flat[start : start + n], [n])
+        if n:
+            diffs.append((alone - batched[start : start + n]).abs().max().item())
+        start += n
+    return batched, max(diffs)
+
+
+@pytest.mark.parametrize(
+    "cell,bidirectional,depth,residual,layer_norm,method",
+    [
+        (c, b, d, r, ln, m)
+        for c, b, (d, r, ln), m in itertools.product(
+            CELLS, [True, False], [(1, False, False), (2, True, True)], ["reverse", "packed"]
+        )
+    ],
+)
+def test_shapes_and_batch_independence(cell, bidirectional, depth, residual, layer_norm, method):
+    module = RNNStack(
+        8, 6, depth=depth, cell=cell, bidirectional=bidirectional,
+        residual=residual, layer_norm=layer_norm, method=method,
+    ).eval()
+    lengths = [7, 0, 1, 12, 3, 3]
+    out, max_diff = _alone_vs_batched(module, lengths, 8)
+    assert out.shape == (sum(lengths), 6)
+    assert max_diff < 1e-5
+
+
+def test_backward_direction_ignores_padding():
+    # Changing a long doc must not change a short doc's outputs in either
+    # direction: the short doc is padded up to the long one's length.
+    module = RNNStack(4, 8, bidirectional=True).eval()
+    short = torch.randn(3, 4)
+    long_a, long_b = torch.randn(20, 4), torch.randn(20, 4)
+    out_a = module(torch.cat([long_a, short]), [20, 3])[20:]
+    out_b = module(torch.cat([long_b, short]), [20, 3])[20:]
+    assert torch.allclose(out_a, out_b, atol=1e-6)
+
+
+def test_reverse_and_packed_agree():
+    torch.manual_seed(0)
+    a = RNNStack(5, 10, depth=2, method="reverse").eval()
+    b = RNNStack(5, 10, depth=2, method="packed").eval()
+    b.load_state_dict(a.state_dict())
+    lengths = [9, 4, 1, 6]
+    x = torch.randn(sum(lengths), 5)
+    assert torch.allclose(a(x, lengths), b(x, lengths), atol=1e-5)
+
+
+def test_gradients_reach_inputs_and_weights():
+    module = RNNStack(4, 6, depth=2, cell="gru")
+    x = torch.randn(10, 4, requires_grad=True)
+    module(x, [6, 4]).pow(2).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    assert all(p.grad is not None for p in module.parameters())
+
+
+def test_stream_mode_carries_state():
+    module = RNNStack(4, 6, depth=2, bidirectional=False).eval()
+    x = torch.randn(2, 10, 4)
+    whole, _ = module.forward_stream(x)
+    first, state = module.forward_stream(x[:, :6])
+    second, _ = module.forward_stream(x[:, 6:], state)
+    assert torch.allclose(torch.cat([first, second], dim=1), whole, atol=1e-6)
+    with pytest.raises(ValueError, match="one-directional"):
+        RNNStack(4, 6).forward_stream(x)
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"hidden_size": 7, "bidirectional": True}, "must be even"),
+        ({"cell": "transformer"}, "Unknown RNN cell"),
+        ({"init": "zeros"}, "Unknown init"),
+        ({"depth": 0}, "depth"),
+        ({"dropout": 1.5}, "dropout"),
+        ({"method": "magic"}, "Unknown method"),
+    ],
+)
+def test_bad_settings_refused(kwargs, message):
+    settings = {"input_size": 4, "hidden_size": 8, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        RNNStack(**settings)
+
+
+def test_orthogonal_init_and_forget_bias():
+    module = RNNStack(6, 8, cell="lstm", bidirectional=False, init="orthogonal")
+    lstm = module.fwd[0]
+    for block in lstm.weight_hh_l0.chunk(4, dim=0):
+        eye = block @ block.T
+        assert torch.allclose(eye, torch.eye(8), atol=1e-5)
+    assert torch.all(lstm.bias_ih_l0[8:16] == 1.0)
+    assert torch.all(lstm.bias_hh_l0 == 0.0)
+
+
+def test_wrong_row_count_is_an_error():
+    with pytest.raises(ValueError, match="rows"):
+        RNNStack(4, 8)(torch.randn(5, 4), [2, 2])
+
+
+def test_bucket_plan_covers_everything():
+    lengths = numpy.array(sorted(numpy.random.RandomState(0).randint(1, 300, 200), reverse=True))
+    buckets = plan_buckets(lengths, 4.0)
+    assert buckets[0][0] == 0 and buckets[-1][1] == len(lengths)
+    assert all(a[1] == b[0] for a, b in zip(buckets, buckets[1:]))
+    padded = sum(lengths[a] * (b - a) for a, b in buckets)
+    assert padded < lengths[0] * len(lengths)
+    assert plan_buckets(lengths, 0.0) == [(0, len(lengths))]

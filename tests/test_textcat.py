@@ -1,0 +1,123 @@
+import numpy
+import pytest
+import spacy
+from spacy.training import Example
+from thinc.api import Adam, fix_random_seed
+
+from .util import blank_with_textcat, fixture_examples, small_textcat_config
+
+
+def _train(nlp, examples, n_iter=25):
+    fix_random_seed(0)
+    nlp.initialize(lambda: examples)
+    optimizer = Adam(0.01)
+    history = []
+    for _ in range(n_iter):
+        losses = {}
+        nlp.update(examples, sgd=optimizer, losses=losses)
+        history.append(sum(losses.values()))
+    return history
+
+
+@pytest.mark.parametrize("pooling", ["mean", "max", "last", "attention"])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_overfit_exclusive(pooling, cell):
+    nlp = blank_with_textcat(pooling=pooling, cell=cell)
+    examples = fixture_examples(nlp)
+    history = _train(nlp, examples, n_iter=30)
+    assert history[-1] < history[0] * 0.2
+    for eg in examples:
+        doc = nlp(eg.reference.text)
+        gold = max(eg.reference.cats, key=eg.reference.cats.get)
+        assert max(doc.cats, key=doc.cats.get) == gold, (pooling, cell, doc.text, doc.cats)
+        assert sum(doc.cats.values()) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_overfit_multilabel():
+    nlp = spacy.blank("en")
+    nlp.add_pipe("rnn_textcat_multilabel", config=small_textcat_config(exclusive=False))
+    examples = []
+    data = [
+        ("great sound and great battery", {"SOUND": 1.0, "BATTERY": 1.0}),
+        ("great sound", {"SOUND": 1.0, "BATTERY": 0.0}),
+        ("battery lasts long", {"SOUND": 0.0, "BATTERY": 1.0}),
+        ("nice colour", {"SOUND": 0.0, "BATTERY": 0.0}),
+    ]
+    for text, cats in data:
+        examples.append(Example.from_dict(nlp.make_doc(text), {"cats": cats}))
+    _train(nlp, examples, n_iter=60)
+    for text, cats in data:
+        predicted = nlp(text).cats
+        for label, value in cats.items():
+            assert (predicted[label] > 0.5) == bool(value), (text, predicted)
+
+
+def test_loss_goes_down_with_rnn_tanh_unidirectional():
+    nlp = blank_with_textcat(cell="rnn_tanh", bidirectional=False, pooling="last")
+    history = _train(nlp, fixture_examples(nlp), n_iter=15)
+    assert history[-1] < history[0]
+
+
+def test_label_added_after_initialize():
+    nlp = blank_with_textcat()
+    examples = fixture_examples(nlp)
+    _train(nlp, examples, n_iter=5)
+    textcat = nlp.get_pipe("rnn_textcat")
+    before = nlp("works great").cats
+    textcat.add_label("neutral")
+    after = nlp("works great").cats
+    assert set(after) == {"positive", "negative", "neutral"}
+    # The new class starts near zero and the old ones keep their ranking.
+    assert after["neutral"] < 1e-3
+    assert numpy.isclose(after["positive"], before["positive"], atol=1e-3)
+
+
+def test_hard_inputs_predict_and_update():
+    nlp = blank_with_textcat()
+    examples = fixture_examples(nlp)
+    optimizer = nlp.initialize(lambda: examples)
+    texts = ["", "   ", "\n\t", "one", " ".join(["word"] * 50_000)]
+    docs = list(nlp.pipe(texts))
+    for doc in docs:
+        assert set(doc.cats) == {"positive", "negative"}
+        assert all(numpy.isfinite(v) for v in doc.cats.values())
+    hard = [
+        Example.from_dict(nlp.make_doc(t), {"cats": {"positive": 1.0, "negative": 0.0}})
+        for t in texts
+    ]
+    losses = {}
+    nlp.update(hard, sgd=optimizer, losses=losses)
+    assert numpy.isfinite(losses["rnn_textcat"])
+
+
+def test_examples_without_cats_get_spacy_error():
+    nlp = blank_with_textcat()
+    doc = nlp.make_doc("no labels here")
+    with pytest.raises(ValueError, match="E143|no labels|labels"):
+        nlp.initialize(lambda: [Example(doc, doc.copy())])
+
+
+def test_odd_width_bidirectional_is_refused():
+    config = small_textcat_config()
+    config["model"]["tok2vec"]["encode"]["width"] = 33
+    config["model"]["tok2vec"]["embed"]["width"] = 33
+    nlp = spacy.blank("en")
+    with pytest.raises(ValueError, match="must be even"):
+        nlp.add_pipe("rnn_textcat", config=config)
+
+
+def test_embed_width_mismatch_is_clear():
+    config = small_textcat_config()
+    config["model"]["tok2vec"]["embed"]["width"] = 16
+    nlp = spacy.blank("en")
+    nlp.add_pipe("rnn_textcat", config=config)
+    with pytest.raises(ValueError, match="width"):
+        nlp.initialize(lambda: fixture_examples(nlp))
+
+
+def test_spacy_textcat_accepts_the_architecture():
+    # The architecture is spaCy-compatible, not tied to the rnn_ factories.
+    nlp = spacy.blank("en")
+    nlp.add_pipe("textcat", config=small_textcat_config())
+    _train(nlp, fixture_examples(nlp), n_iter=3)
+    assert set(nlp("great").cats) == {"positive", "negative"}
