@@ -85,10 +85,15 @@ def forward(model: Model[InT, OutT], Xs: InT, is_train: bool) -> Tuple[OutT, Cal
     if Ytorch.dtype != torch.float32:
         # Mixed precision computes in half; the rest of the pipeline is float32.
         Ytorch = Ytorch.float()
-    Ys = model.ops.unflatten(torch2xp(Ytorch, ops=model.ops), lengths)
+    Y = torch2xp(Ytorch, ops=model.ops)
+    if is_train:
+        _check_finite(model, Y, "output")
+    Ys = model.ops.unflatten(Y, lengths)
 
     def backprop(dYs: OutT) -> InT:
-        dY = xp2torch(model.ops.flatten(dYs, pad=0), device=shim.device)
+        dY_xp = model.ops.flatten(dYs, pad=0)
+        _check_finite(model, dY_xp, "gradient")
+        dY = xp2torch(dY_xp, device=shim.device)
         grads = torch_backprop(
             ArgsKwargs(args=((Ytorch,),), kwargs={"grad_tensors": (dY,)})
         )
@@ -112,3 +117,15 @@ def init_encoder(
                     f"spacy-rnn.RNNEncoder: width is {nI} but the embedding "
                     f"produces {x.shape[1]}-wide vectors; make them match"
                 )
+
+
+def _check_finite(model: Model, array, what: str) -> None:
+    # Raising here, before any optimizer step, stops `spacy train` with the
+    # weights still intact, so the model-last it saves on the way out is
+    # the last good one rather than a model full of NaNs.
+    if not bool(model.ops.xp.isfinite(array).all()):
+        raise FloatingPointError(
+            f"spacy-rnn.RNNEncoder: non-finite values (NaN or inf) in the {what} "
+            f"during training; stopping before the weights are corrupted. Check "
+            f"the training data (e.g. NaN in doc.cats) or lower the learning rate."
+        )

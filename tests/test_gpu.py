@@ -1,0 +1,74 @@
+"""GPU checks: run with `pytest -m gpu` on a machine with CUDA (skipped
+without one). They need CuPy as well as a CUDA build of torch."""
+import os
+import subprocess
+import sys
+
+import numpy
+import pytest
+import torch
+
+from spacy_rnn.torch_modules.rnn_stack import RNNStack
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.mark.parametrize("method", ["reverse", "packed", "auto"])
+def test_cuda_encoding_is_exact_and_matches_cpu(method):
+    cpu = RNNStack(16, 32, depth=2, method=method).eval()
+    gpu = RNNStack(16, 32, depth=2, method=method).eval()
+    gpu.load_state_dict(cpu.state_dict())
+    gpu.cuda()
+    lengths = [40, 3, 0, 17, 1]
+    x = torch.randn(sum(lengths), 16)
+    with torch.no_grad():
+        y_cpu = cpu(x, lengths)
+        y_gpu = gpu(x.cuda(), lengths).cpu()
+        alone = gpu(x[:40].cuda(), [40]).cpu()
+    assert torch.allclose(y_cpu, y_gpu, atol=1e-4)
+    assert torch.allclose(alone, y_gpu[:40], atol=1e-5)
+
+
+def test_train_on_gpu_then_predict_on_cpu(tmp_path):
+    from thinc.api import Adam, require_gpu, set_gpu_allocator
+
+    from .util import blank_with_textcat, fixture_examples
+
+    set_gpu_allocator("pytorch")
+    require_gpu(0)
+    nlp = blank_with_textcat()
+    examples = fixture_examples(nlp)
+    nlp.initialize(lambda: examples)
+    optimizer = Adam(0.01)
+    for _ in range(10):
+        nlp.update(examples, sgd=optimizer)
+    texts = ["works great", "broke after two days"]
+    gpu_scores = [[d.cats[k] for k in sorted(d.cats)] for d in nlp.pipe(texts)]
+    nlp.to_disk(tmp_path / "pipeline")
+    script = (
+        "import json, spacy\n"
+        f"nlp = spacy.load({str(tmp_path / 'pipeline')!r})\n"
+        f"print(json.dumps([[d.cats[k] for k in sorted(d.cats)] for d in nlp.pipe({texts!r})]))\n"
+    )
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
+    import json
+
+    cpu_scores = json.loads(out.stdout.strip().splitlines()[-1])
+    assert numpy.allclose(numpy.asarray(gpu_scores), numpy.asarray(cpu_scores), atol=1e-4)
+
+
+def test_mixed_precision_encoder_runs():
+    from thinc.api import require_gpu
+
+    from spacy_rnn.layers.rnn_encoder import RNNEncoder
+
+    ops = require_gpu(0)
+    model = RNNEncoder(32, depth=2, mixed_precision=True)
+    Xs = [ops.xp.random.rand(n, 32).astype("float32") for n in (5, 0, 9)]
+    model.initialize(X=Xs)
+    Ys, backprop = model(Xs, is_train=True)
+    assert all(y.dtype == numpy.float32 for y in Ys)
+    assert [y.shape for y in Ys] == [(5, 32), (0, 32), (9, 32)]
+    dXs = backprop([ops.xp.ones_like(y) for y in Ys])
+    assert [d.shape for d in dXs] == [(5, 32), (0, 32), (9, 32)]

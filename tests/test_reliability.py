@@ -1,0 +1,149 @@
+"""Hostile input, hostile training, reproducibility and multiprocessing."""
+import subprocess
+import sys
+
+import numpy
+import pytest
+import spacy
+import srsly
+from thinc.api import Adam, fix_random_seed
+
+from .util import ROOT, blank_with_textcat, fixture_examples
+
+SMALL = [
+    "--components.textcat.model.tok2vec.embed.width", "32",
+    "--components.textcat.model.tok2vec.encode.width", "32",
+]
+
+
+@pytest.fixture(scope="module")
+def fixture_corpus(tmp_path_factory):
+    out = tmp_path_factory.mktemp("corpus")
+    subprocess.run(
+        [sys.executable, "-m", "spacy_rnn", "convert-amazon",
+         str(ROOT / "assets" / "fixtures" / "reviews_tiny.jsonl"), str(out)],
+        check=True, capture_output=True,
+    )
+    return out
+
+
+def _train(corpus, output, *extra):
+    return subprocess.run(
+        [sys.executable, "-m", "spacy", "train", str(ROOT / "configs" / "textcat_bilstm.cfg"),
+         "--output", str(output), "--paths.train", str(corpus / "train.spacy"),
+         "--paths.dev", str(corpus / "train.spacy"), *SMALL, *extra],
+        capture_output=True, text=True,
+    )
+
+
+@pytest.fixture(scope="module")
+def trained_nlp():
+    fix_random_seed(0)
+    nlp = blank_with_textcat()
+    examples = fixture_examples(nlp)
+    nlp.initialize(lambda: examples)
+    optimizer = Adam(0.01)
+    for _ in range(5):
+        nlp.update(examples, sgd=optimizer)
+    return nlp
+
+
+HOSTILE = [
+    "",
+    " ",
+    "\n\n\t  \r\n",
+    "\x00\x01\x02\x1b[31m\x7f",
+    "Ελληνικά русский 中文 العربية עברית हिन्दी",
+    "😀🔥👍🏽 👨‍👩‍👧‍👦 🇬🇧",
+    "a" * 100_000,
+    "\u202e\u200b\ufeff zero width and bidi",
+    "word " * 20_000,
+]
+
+
+def test_hostile_text_sweep(trained_nlp):
+    batch = HOSTILE + HOSTILE[::-1]
+    for doc in trained_nlp.pipe(batch, batch_size=4):
+        values = list(doc.cats.values())
+        assert len(values) == 2
+        assert all(numpy.isfinite(v) for v in values), (doc.text[:30], doc.cats)
+
+
+@pytest.mark.slow
+def test_million_token_doc(trained_nlp):
+    import resource
+
+    doc = trained_nlp("word " * 1_000_000)
+    assert all(numpy.isfinite(v) for v in doc.cats.values())
+    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    assert peak_gb < 8, peak_gb
+
+
+def test_nan_loss_stops_training_and_keeps_good_models(fixture_corpus, tmp_path):
+    result = _train(
+        fixture_corpus, tmp_path,
+        "--code", str(ROOT / "tests" / "helpers" / "poison_loss.py"),
+        "--training.before_update", '{"@callbacks":"spacy_rnn_test.poison_loss.v1"}',
+        "--training.max_steps", "20", "--training.eval_frequency", "2",
+    )
+    assert result.returncode != 0
+    assert "non-finite" in result.stdout + result.stderr
+    for name in ("model-best", "model-last"):
+        nlp = spacy.load(tmp_path / name)
+        cats = nlp("works great").cats
+        assert all(numpy.isfinite(v) for v in cats.values()), (name, cats)
+        for proc_name, proc in nlp.pipeline:
+            for node in proc.model.walk():
+                for param in (node.get_param(p) for p in node.param_names if node.has_param(p)):
+                    assert numpy.isfinite(param).all()
+
+
+def test_same_seed_same_scores(fixture_corpus, tmp_path):
+    scores = []
+    for run in ("a", "b"):
+        result = _train(fixture_corpus, tmp_path / run, "--training.max_steps", "8",
+                        "--training.eval_frequency", "4")
+        assert result.returncode == 0, result.stderr
+        meta = srsly.read_json(tmp_path / run / "model-last" / "meta.json")
+        nlp = spacy.load(tmp_path / run / "model-last")
+        scores.append((meta["performance"], [d.cats for d in nlp.pipe(["great", "awful value"])]))
+    assert scores[0] == scores[1]
+
+
+def test_empty_training_corpus_is_a_clear_error(tmp_path):
+    from spacy.tokens import DocBin
+
+    empty = tmp_path / "empty.spacy"
+    DocBin().to_disk(empty)
+    result = subprocess.run(
+        [sys.executable, "-m", "spacy", "train", str(ROOT / "configs" / "textcat_bilstm.cfg"),
+         "--output", str(tmp_path / "out"), "--paths.train", str(empty), "--paths.dev", str(empty), *SMALL],
+        capture_output=True, text=True,
+    )
+    assert result.returncode != 0
+    out = result.stdout + result.stderr
+    # spaCy's own textcat check: no labels can be found in an empty corpus.
+    assert "E867" in out, out[-2000:]
+
+
+def test_corrupt_spacy_file_is_a_clear_error(tmp_path):
+    bad = tmp_path / "train.spacy"
+    bad.write_bytes(b"this is not a DocBin")
+    result = subprocess.run(
+        [sys.executable, "-m", "spacy", "train", str(ROOT / "configs" / "textcat_bilstm.cfg"),
+         "--output", str(tmp_path / "out"), "--paths.train", str(bad), "--paths.dev", str(bad), *SMALL],
+        capture_output=True, text=True,
+    )
+    assert result.returncode != 0
+    assert "E1014" in result.stdout + result.stderr
+
+
+def test_two_processes_match_one(trained_nlp):
+    texts = [t for t in HOSTILE if len(t) < 1000] + ["works great", "broke after two days"] * 8
+    one = [d.cats for d in trained_nlp.pipe(texts, batch_size=4)]
+    two = [d.cats for d in trained_nlp.pipe(texts, batch_size=4, n_process=2)]
+    assert len(one) == len(two)
+    for a, b in zip(one, two):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert a[k] == pytest.approx(b[k], abs=1e-6)
