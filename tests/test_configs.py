@@ -50,3 +50,37 @@ def test_textcat_config_trains_on_fixture(name, fixture_corpus, tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     nlp = spacy.load(tmp_path / "model-best")
     assert set(nlp("great value").cats) == {"positive", "negative"}
+
+
+@pytest.fixture(scope="module")
+def glove_vectors(shared_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("vectors") / "glove"
+    subprocess.run(
+        [sys.executable, "-m", "spacy", "init", "vectors", "en",
+         str(shared_data / "glove" / "glove.6B.50d.subset5k.txt"), str(out)],
+        check=True, capture_output=True,
+    )
+    return out
+
+
+def test_static_vectors_feed_the_encoder(fixture_corpus, glove_vectors, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "spacy", "train", str(ROOT / "configs" / "textcat_bilstm_vectors.cfg"),
+         "--output", str(tmp_path), "--paths.vectors", str(glove_vectors),
+         "--paths.train", str(fixture_corpus / "train.spacy"),
+         "--paths.dev", str(fixture_corpus / "train.spacy"),
+         "--training.max_steps", "4", "--training.eval_frequency", "2",
+         "--components.textcat.model.tok2vec.embed.width", "32",
+         "--components.textcat.model.tok2vec.encode.width", "32"],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    nlp = spacy.load(tmp_path / "model-last")
+    assert nlp.vocab.vectors.shape == (5050, 50)
+    static = [n for n in nlp.get_pipe("textcat").model.walk() if n.name == "static_vectors"]
+    assert static and static[0].get_param("W").shape[1] == 50
+    # The vectors change the prediction: zeroing them changes the scores.
+    before = nlp("the movie was good").cats
+    nlp.vocab.vectors.data[:] = 0
+    after = nlp("the movie was good").cats
+    assert before != after

@@ -1,0 +1,87 @@
+import math
+import subprocess
+import sys
+
+import numpy
+import pytest
+import spacy
+import torch
+from thinc.api import Adam, fix_random_seed
+
+from spacy_rnn.optimization.global_norm import clip_global_norm, make_clip_global_norm_callback
+
+from .util import ROOT, blank_with_textcat, fixture_examples
+
+
+def _grads(model):
+    out = []
+    for node in model.walk():
+        out.extend(node.get_grad(n) for n in node.param_names if node.has_grad(n))
+        for shim in node.shims:
+            out.extend(p.grad.numpy() for p in shim._model.parameters() if p.grad is not None)
+    return out
+
+
+def _norm(grads):
+    return math.sqrt(sum(float((g * g).sum()) for g in grads))
+
+
+def _nlp_with_grads():
+    fix_random_seed(0)
+    nlp = blank_with_textcat()
+    examples = fixture_examples(nlp)
+    nlp.initialize(lambda: examples)
+    nlp.update(examples, sgd=False)
+    return nlp
+
+
+def test_clipping_rescales_whole_gradient_including_torch():
+    model = _nlp_with_grads().get_pipe("rnn_textcat").model
+    grads = _grads(model)
+    before = [g.copy() for g in grads]
+    norm = _norm(grads)
+    assert any(isinstance(g, numpy.ndarray) for g in grads)
+    reported = clip_global_norm(model, norm / 10)
+    assert reported == pytest.approx(norm, rel=1e-4)
+    after = _grads(model)
+    assert _norm(after) == pytest.approx(norm / 10, rel=1e-3)
+    # One common factor: the direction of the update is unchanged.
+    for b, a in zip(before, after):
+        assert numpy.allclose(a, b / 10, rtol=1e-3, atol=1e-8)
+
+
+def test_no_clipping_below_the_threshold():
+    model = _nlp_with_grads().get_pipe("rnn_textcat").model
+    norm = _norm(_grads(model))
+    clip_global_norm(model, norm * 2)
+    assert _norm(_grads(model)) == pytest.approx(norm, rel=1e-5)
+
+
+def test_callback_wraps_named_component_and_checks_names():
+    nlp = _nlp_with_grads()
+    make_clip_global_norm_callback(0.5, ["rnn_textcat"])(nlp)
+    textcat = nlp.get_pipe("rnn_textcat")
+    textcat.finish_update(Adam(0.001))
+    assert textcat.cfg["last_grad_norm"] > 0
+    with pytest.raises(ValueError, match="no component named"):
+        make_clip_global_norm_callback(0.5, ["nope"])(nlp)
+
+
+def test_config_setting_trains(tmp_path):
+    corpus = tmp_path / "corpus"
+    subprocess.run(
+        [sys.executable, "-m", "spacy_rnn", "convert-amazon",
+         str(ROOT / "assets" / "fixtures" / "reviews_tiny.jsonl"), str(corpus)],
+        check=True, capture_output=True,
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "spacy", "train", str(ROOT / "configs" / "textcat_bilstm.cfg"),
+         "--output", str(tmp_path / "out"), "--paths.train", str(corpus / "train.spacy"),
+         "--paths.dev", str(corpus / "train.spacy"), "--training.max_steps", "4",
+         "--training.eval_frequency", "2", "--training.optimizer.grad_clip", "0",
+         "--initialize.after_init", '{"@callbacks": "spacy_rnn.clip_global_norm.v1", "max_norm": 0.25, "components": ["textcat"]}',
+         "--components.textcat.model.tok2vec.embed.width", "32",
+         "--components.textcat.model.tok2vec.encode.width", "32"],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
