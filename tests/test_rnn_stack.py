@@ -121,3 +121,40 @@ def test_bucket_plan_covers_everything():
     padded = sum(lengths[a] * (b - a) for a, b in buckets)
     assert padded < lengths[0] * len(lengths)
     assert plan_buckets(lengths, 0.0) == [(0, len(lengths))]
+
+
+def test_weight_drop_masks_recurrent_weights_only_in_training():
+    torch.manual_seed(0)
+    module = RNNStack(4, 6, bidirectional=False, weight_drop=0.5)
+    raw = module.fwd[0].weight_hh_l0.detach().clone()
+    x = torch.randn(8, 4)
+    module.train()
+    a, b = module(x, [8]), module(x, [8])
+    assert not torch.allclose(a, b)
+    a.sum().backward()
+    assert module.fwd[0].weight_hh_l0.grad is not None
+    assert torch.equal(module.fwd[0].weight_hh_l0.detach(), raw)
+    module.eval()
+    assert torch.allclose(module(x, [8]), module(x, [8]))
+    reference = RNNStack(4, 6, bidirectional=False).eval()
+    reference.load_state_dict(module.state_dict())
+    assert torch.allclose(module(x, [8]), reference(x, [8]), atol=1e-6)
+
+
+def test_locked_dropout_uses_one_mask_per_sequence():
+    torch.manual_seed(0)
+    module = RNNStack(4, 6, bidirectional=False, locked_dropout=True, input_dropout=0.5)
+    module.train()
+    X = torch.ones(3, 10, 4)
+    dropped = module._drop(X, 0.5)
+    # Every time step of a sequence sees the same mask.
+    assert torch.equal(dropped, dropped[:, :1, :].expand_as(dropped))
+    assert (dropped == 0).any() and (dropped == 2).any()
+    module.eval()
+    assert torch.equal(module._drop(X, 0.5), X)
+
+
+@pytest.mark.parametrize("rate_name", ["input_dropout", "output_dropout", "weight_drop"])
+def test_bad_dropout_rates_refused(rate_name):
+    with pytest.raises(ValueError, match=rate_name):
+        RNNStack(4, 8, **{rate_name: 1.0})

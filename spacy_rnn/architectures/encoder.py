@@ -18,6 +18,10 @@ def build_rnn_encoder(
     layer_norm: bool = False,
     init: str = "orthogonal",
     method: str = "auto",
+    locked_dropout: bool = False,
+    input_dropout: float = 0.0,
+    output_dropout: float = 0.0,
+    weight_drop: float = 0.0,
     mixed_precision: bool = False,
     grad_scaler: Optional[PyTorchGradScaler] = None,
 ) -> Model[List[Floats2d], List[Floats2d]]:
@@ -41,6 +45,11 @@ def build_rnn_encoder(
         All but "default" set the LSTM forget-gate bias to 1.
     method (str): "reverse", "packed" or "auto" (the faster exact method for
         the device).
+    locked_dropout (bool): One dropout mask per doc for all its tokens
+        (variational dropout) instead of a new mask per token.
+    input_dropout (float): Dropout on the encoder's input vectors.
+    output_dropout (float): Dropout on the encoder's output vectors.
+    weight_drop (float): DropConnect rate on the hidden-to-hidden weights.
     mixed_precision (bool): Run the recurrent layers under CUDA autocast.
     grad_scaler (Optional[PyTorchGradScaler]): Gradient scaler for mixed
         precision.
@@ -56,6 +65,10 @@ def build_rnn_encoder(
         layer_norm=layer_norm,
         init=init,
         method=method,
+        locked_dropout=locked_dropout,
+        input_dropout=input_dropout,
+        output_dropout=output_dropout,
+        weight_drop=weight_drop,
         mixed_precision=mixed_precision,
         grad_scaler=grad_scaler,
     )

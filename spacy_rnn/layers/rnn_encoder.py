@@ -23,6 +23,10 @@ def RNNEncoder(
     layer_norm: bool = False,
     init: str = "orthogonal",
     method: str = "auto",
+    locked_dropout: bool = False,
+    input_dropout: float = 0.0,
+    output_dropout: float = 0.0,
+    weight_drop: float = 0.0,
     mixed_precision: bool = False,
     grad_scaler: Optional[PyTorchGradScaler] = None,
 ) -> Model[InT, OutT]:
@@ -42,6 +46,10 @@ def RNNEncoder(
         layer_norm=layer_norm,
         init=init,
         method=method,
+        locked_dropout=locked_dropout,
+        input_dropout=input_dropout,
+        output_dropout=output_dropout,
+        weight_drop=weight_drop,
     )
     return Model(
         "rnn_encoder",

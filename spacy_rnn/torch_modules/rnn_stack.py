@@ -46,6 +46,13 @@ class RNNStack(nn.Module):
         their own length), "packed" (``pack_padded_sequence``), or "auto".
     bucket_overhead (float): Cost model constant for length bucketing; 0
         disables bucketing beyond sorting.
+    locked_dropout (bool): Use one dropout mask per sequence for all time
+        steps (variational dropout, Gal & Ghahramani 2016) instead of a new
+        mask per position; applies to input, between-layer and output dropout.
+    input_dropout (float): Dropout on the stack's input.
+    output_dropout (float): Dropout on the stack's output.
+    weight_drop (float): DropConnect on the hidden-to-hidden weights
+        (Merity et al. 2018): one mask per forward call, shared by all steps.
     """
 
     def __init__(
@@ -61,6 +68,10 @@ class RNNStack(nn.Module):
         init: str = "orthogonal",
         method: str = "auto",
         bucket_overhead: float = DEFAULT_BUCKET_OVERHEAD,
+        locked_dropout: bool = False,
+        input_dropout: float = 0.0,
+        output_dropout: float = 0.0,
+        weight_drop: float = 0.0,
     ):
         super().__init__()
         check_rnn_settings(
@@ -73,6 +84,13 @@ class RNNStack(nn.Module):
             init=init,
             method=method,
         )
+        for name, rate in (
+            ("input_dropout", input_dropout),
+            ("output_dropout", output_dropout),
+            ("weight_drop", weight_drop),
+        ):
+            if not 0.0 <= rate < 1.0:
+                raise ValueError(f"RNN {name} must be in [0, 1), got {rate}")
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.depth = depth
@@ -93,7 +111,11 @@ class RNNStack(nn.Module):
                 self.bwd.append(_make_cell(cell, n_in, per_dir))
             if layer_norm:
                 self.norms.append(nn.LayerNorm(hidden_size))
-        self.dropout = nn.Dropout(dropout)
+        self.dropout_rate = float(dropout)
+        self.locked_dropout = bool(locked_dropout)
+        self.input_dropout = float(input_dropout)
+        self.output_dropout = float(output_dropout)
+        self.weight_drop = float(weight_drop)
         self.init_weights(init)
 
     # -- initialisation -------------------------------------------------
@@ -189,6 +211,7 @@ class RNNStack(nn.Module):
         reverse_index = None
         if self.bidirectional:
             reverse_index = _reverse_index(lengths, X.shape[1], X.device)
+        X = self._drop(X, self.input_dropout)
         for i in range(self.depth):
             Y = self._run_direction(self.fwd[i], X, lengths, method)
             if self.bidirectional:
@@ -196,7 +219,7 @@ class RNNStack(nn.Module):
                 Y_rev = self._run_direction(self.bwd[i], X_rev, lengths, method)
                 Y = torch.cat([Y, _reverse_within(Y_rev, reverse_index)], dim=-1)
             X = self._after_layer(i, X, Y)
-        return X
+        return self._drop(X, self.output_dropout)
 
     def forward_stream(
         self, X: torch.Tensor, state: Optional[List] = None
@@ -216,12 +239,13 @@ class RNNStack(nn.Module):
                 "right-to-left direction cannot carry state across windows"
             )
         new_state = []
+        X = self._drop(X, self.input_dropout)
         for i in range(self.depth):
             hx = state[i] if state is not None else None
-            Y, h = self.fwd[i](X, hx)
+            Y, h = self._call_rnn(self.fwd[i], X, hx)
             new_state.append(h)
             X = self._after_layer(i, X, Y)
-        return X, new_state
+        return self._drop(X, self.output_dropout), new_state
 
     # -- helpers ----------------------------------------------------------
 
@@ -230,13 +254,34 @@ class RNNStack(nn.Module):
             packed = nn.utils.rnn.pack_padded_sequence(
                 X, torch.as_tensor(lengths), batch_first=True, enforce_sorted=True
             )
-            Y, _ = rnn(packed)
+            Y, _ = self._call_rnn(rnn, packed)
             Y, _ = nn.utils.rnn.pad_packed_sequence(
                 Y, batch_first=True, total_length=X.shape[1]
             )
             return Y
-        Y, _ = rnn(X)
+        Y, _ = self._call_rnn(rnn, X)
         return Y
+
+    def _call_rnn(self, rnn, X, hx=None):
+        if not (self.training and self.weight_drop > 0):
+            return rnn(X, hx)
+        # Drop connections of the raw recurrent matrix and run the module
+        # with the dropped copy: the stored parameter is never modified, so
+        # gradients reach it through the mask and nothing has to be undone.
+        name = "weight_hh_l0"
+        dropped = nn.functional.dropout(
+            getattr(rnn, name), p=self.weight_drop, training=True
+        )
+        return torch.func.functional_call(rnn, {name: dropped}, (X, hx))
+
+    def _drop(self, X, rate):
+        if not self.training or rate <= 0:
+            return X
+        if not self.locked_dropout:
+            return nn.functional.dropout(X, p=rate, training=True)
+        # One mask per sequence, shared by every time step.
+        mask = X.new_empty((X.shape[0], 1, X.shape[2])).bernoulli_(1 - rate)
+        return X * mask / (1 - rate)
 
     def _after_layer(self, i, X, Y):
         if self.residual and X.shape[-1] == Y.shape[-1]:
@@ -244,7 +289,7 @@ class RNNStack(nn.Module):
         if len(self.norms):
             Y = self.norms[i](Y)
         if i < self.depth - 1:
-            Y = self.dropout(Y)
+            Y = self._drop(Y, self.dropout_rate)
         return Y
 
 
