@@ -1,0 +1,36 @@
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from wasabi import msg
+
+from ._app import app
+
+
+@app.command(
+    "search",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+def search_cli(
+    ctx: typer.Context,
+    config_path: Path = typer.Argument(..., help="Base spacy train config", exists=True, dir_okay=False),
+    space_path: Path = typer.Argument(..., help="Search space (JSON or YAML)"),
+    output_dir: Path = typer.Argument(..., help="Folder for trials, results.md and best.cfg"),
+    n_trials: int = typer.Option(10, "--n-trials", help="Number of trials"),
+    sampler: str = typer.Option("tpe", "--sampler", help="tpe, random or grid"),
+    seed: int = typer.Option(0, "--seed", help="Sampler seed"),
+    gpu_id: int = typer.Option(-1, "--gpu-id", help="GPU id, -1 for CPU"),
+):
+    """Search config values with Optuna; every trial is a spacy train run.
+    Extra --section.key value arguments are passed to every trial."""
+    from ..optimization.search import run_search
+
+    try:
+        best = run_search(
+            config_path, space_path, output_dir, n_trials=n_trials, sampler=sampler,
+            seed=seed, overrides=list(ctx.args), gpu_id=gpu_id,
+        )
+    except (ValueError, RuntimeError) as err:
+        msg.fail(str(err), exits=1)
+    msg.good(f"Best trial {best['best_trial']}: score {best['best_score']:.4f} {best['best_values']}")
+    msg.text(f"Results: {output_dir / 'results.md'}; best config: {output_dir / 'best.cfg'}")

@@ -1,0 +1,178 @@
+"""Hyper-parameter search over ``spacy train`` config values, with Optuna.
+
+Each trial is one real ``spacy train`` run (in a subprocess, so trials cannot
+leak state into each other) with the sampled values as config overrides; its
+score is the weighted dev score spaCy itself optimises
+(``[training.score_weights]``), read back from the trained pipeline's meta.
+The study writes a markdown results table, a JSONL log of every trial, and
+the best config with its values filled in.
+"""
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import srsly
+from spacy.util import load_config
+
+SPACE_TYPES = ("float", "int", "categorical")
+
+
+def load_space(path: Path) -> Dict[str, Dict[str, Any]]:
+    """Read and check a search space file (JSON or YAML).
+
+    Each key is a dotted config path; each value says how to sample it:
+    ``{"type": "float", "low": 1e-4, "high": 1e-2, "log": true}``,
+    ``{"type": "int", "low": 1, "high": 3}`` or
+    ``{"type": "categorical", "choices": ["lstm", "gru"]}``.
+
+    path (Path): The space file.
+    RETURNS (Dict[str, Dict[str, Any]]): The checked space.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"Search space file not found: {path}")
+    space = srsly.read_yaml(path) if path.suffix in (".yml", ".yaml") else srsly.read_json(path)
+    if not isinstance(space, dict) or not space:
+        raise ValueError(f"{path}: the search space must be a non-empty mapping")
+    for key, spec in space.items():
+        where = f"{path}: {key!r}"
+        if not isinstance(spec, dict) or spec.get("type") not in SPACE_TYPES:
+            raise ValueError(f"{where}: needs a 'type' of {', '.join(SPACE_TYPES)}")
+        if spec["type"] == "categorical":
+            if not spec.get("choices"):
+                raise ValueError(f"{where}: categorical needs non-empty 'choices'")
+        elif "low" not in spec or "high" not in spec or spec["low"] > spec["high"]:
+            raise ValueError(f"{where}: needs 'low' <= 'high'")
+    return space
+
+
+def weighted_score(performance: Dict[str, Any], weights: Dict[str, Optional[float]]) -> float:
+    """The score ``spacy train`` maximises, from a trained pipeline's meta."""
+    total = 0.0
+    for name, weight in weights.items():
+        if weight:
+            total += float(performance.get(name) or 0.0) * weight
+    return total
+
+
+def run_search(
+    config_path: Path,
+    space_path: Path,
+    output_dir: Path,
+    *,
+    n_trials: int = 10,
+    sampler: str = "tpe",
+    seed: int = 0,
+    overrides: Sequence[str] = tuple(),
+    gpu_id: int = -1,
+) -> Dict[str, Any]:
+    """Run a study and write ``results.md``, ``trials.jsonl`` and ``best.cfg``.
+
+    config_path (Path): The base training config.
+    space_path (Path): The search space file (see ``load_space``).
+    output_dir (Path): Where trials and results go.
+    n_trials (int): Number of trials.
+    sampler (str): "tpe", "random" or "grid" (grid needs only categorical
+        dimensions and runs every combination up to ``n_trials``).
+    seed (int): Sampler seed.
+    overrides (Sequence[str]): Fixed ``--key value`` overrides for every trial.
+    gpu_id (int): GPU to train on, -1 for CPU.
+    RETURNS (Dict[str, Any]): The best trial's values and score.
+    """
+    try:
+        import optuna
+    except ImportError:  # pragma: no cover
+        raise ImportError(
+            "Hyper-parameter search needs Optuna: pip install 'spacy-rnn[search]'"
+        ) from None
+    space = load_space(space_path)
+    config = load_config(config_path)
+    weights = dict(config["training"]["score_weights"])
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    log_path = output_dir / "trials.jsonl"
+    log_path.write_text("")
+
+    if sampler == "grid":
+        grid = {}
+        for key, spec in space.items():
+            if spec["type"] != "categorical":
+                raise ValueError(f"grid search needs categorical dimensions; {key!r} is {spec['type']}")
+            grid[key] = list(spec["choices"])
+        chosen = optuna.samplers.GridSampler(grid, seed=seed)
+    elif sampler == "random":
+        chosen = optuna.samplers.RandomSampler(seed=seed)
+    elif sampler == "tpe":
+        chosen = optuna.samplers.TPESampler(seed=seed)
+    else:
+        raise ValueError(f"Unknown sampler {sampler!r}: choose tpe, random or grid")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", sampler=chosen)
+
+    def objective(trial) -> float:
+        values = {key: _suggest(trial, key, spec) for key, spec in space.items()}
+        trial_dir = output_dir / f"trial-{trial.number:03d}"
+        args = [sys.executable, "-m", "spacy", "train", str(config_path),
+                "--output", str(trial_dir), "--gpu-id", str(gpu_id), *overrides]
+        for key, value in values.items():
+            args += [f"--{key}", json.dumps(value)]
+        result = subprocess.run(args, capture_output=True, text=True)
+        if result.returncode != 0:
+            tail = (result.stdout + result.stderr)[-1500:]
+            _log(log_path, trial.number, values, None, "failed")
+            raise optuna.TrialPruned(f"trial {trial.number} failed: {tail}")
+        meta = srsly.read_json(trial_dir / "model-best" / "meta.json")
+        score = weighted_score(meta.get("performance", {}), weights)
+        _log(log_path, trial.number, values, score, "ok")
+        return score
+
+    study.optimize(objective, n_trials=n_trials)
+    completed = [t for t in study.trials if t.value is not None]
+    if not completed:
+        raise RuntimeError(f"Every trial failed; see {log_path}")
+    best = study.best_trial
+    best_values = {key: best.params[key] for key in space}
+    best_config = config.copy()
+    for key, value in best_values.items():
+        _set_dotted(best_config, key, value)
+    best_config.to_disk(output_dir / "best.cfg")
+    _write_table(output_dir / "results.md", list(space), completed, best.number)
+    return {"best_trial": best.number, "best_score": best.value, "best_values": best_values,
+            "n_completed": len(completed), "n_trials": len(study.trials)}
+
+
+def _suggest(trial, key: str, spec: Dict[str, Any]):
+    if spec["type"] == "float":
+        return trial.suggest_float(key, spec["low"], spec["high"], log=bool(spec.get("log")))
+    if spec["type"] == "int":
+        return trial.suggest_int(key, spec["low"], spec["high"], log=bool(spec.get("log")))
+    return trial.suggest_categorical(key, list(spec["choices"]))
+
+
+def _set_dotted(config, key: str, value) -> None:
+    parts = key.split(".")
+    node = config
+    for part in parts[:-1]:
+        node = node[part]
+    node[parts[-1]] = value
+
+
+def _log(path: Path, number: int, values, score, status) -> None:
+    with path.open("a", encoding="utf8") as f:
+        f.write(json.dumps({"trial": number, "values": values, "score": score, "status": status}) + "\n")
+
+
+def _write_table(path: Path, keys: List[str], trials, best_number: int) -> None:
+    lines = ["| trial | " + " | ".join(f"`{k.split('.')[-1]}`" for k in keys) + " | score |",
+             "|---|" + "---|" * len(keys) + "---|"]
+    for t in sorted(trials, key=lambda t: -t.value):
+        mark = " (best)" if t.number == best_number else ""
+        cells = [_fmt(t.params[k]) for k in keys]
+        lines.append(f"| {t.number}{mark} | " + " | ".join(cells) + f" | {t.value:.4f} |")
+    path.write_text("\n".join(lines) + "\n", encoding="utf8")
+
+
+def _fmt(value) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)

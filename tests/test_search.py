@@ -1,0 +1,81 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import srsly
+from spacy.util import load_config, load_model_from_config
+
+from spacy_rnn.optimization.search import load_space, weighted_score
+
+from .util import ROOT
+
+TINY = [
+    "--training.max_steps", "4", "--training.eval_frequency", "2",
+    "--components.textcat.model.tok2vec.embed.width", "16",
+    "--components.textcat.model.tok2vec.encode.width", "16",
+]
+
+
+@pytest.fixture(scope="module")
+def fixture_corpus(tmp_path_factory):
+    out = tmp_path_factory.mktemp("corpus")
+    subprocess.run(
+        [sys.executable, "-m", "spacy_rnn", "convert-amazon",
+         str(ROOT / "assets" / "fixtures" / "reviews_tiny.jsonl"), str(out)],
+        check=True, capture_output=True,
+    )
+    return out
+
+
+def test_grid_search_writes_table_log_and_best_config(fixture_corpus, tmp_path):
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps({
+        "components.textcat.model.tok2vec.encode.cell": {"type": "categorical", "choices": ["lstm", "gru"]},
+    }))
+    out = tmp_path / "search"
+    result = subprocess.run(
+        [sys.executable, "-m", "spacy_rnn", "search", str(ROOT / "configs" / "textcat_bilstm.cfg"),
+         str(space), str(out), "--n-trials", "2", "--sampler", "grid",
+         "--paths.train", str(fixture_corpus / "train.spacy"),
+         "--paths.dev", str(fixture_corpus / "train.spacy"), *TINY],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    trials = [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()]
+    assert sorted(t["values"]["components.textcat.model.tok2vec.encode.cell"] for t in trials) == ["gru", "lstm"]
+    assert all(t["status"] == "ok" and 0 <= t["score"] <= 1 for t in trials)
+    best = max(trials, key=lambda t: t["score"])
+    table = (out / "results.md").read_text()
+    assert "(best)" in table and table.count("\n") == 4
+    config = load_config(out / "best.cfg")
+    assert config["components"]["textcat"]["model"]["tok2vec"]["encode"]["cell"] == best["values"]["components.textcat.model.tok2vec.encode.cell"]
+    load_model_from_config(config, auto_fill=True, validate=True)
+    # The score is the one spacy train optimises, read from the trial's meta.
+    meta = srsly.read_json(out / f"trial-{best['trial']:03d}" / "model-best" / "meta.json")
+    assert weighted_score(meta["performance"], {"cats_score": 1.0}) == pytest.approx(best["score"])
+
+
+@pytest.mark.parametrize(
+    "space,message",
+    [
+        ({}, "non-empty"),
+        ({"training.dropout": {"type": "uniform"}}, "type"),
+        ({"training.dropout": {"type": "float", "low": 0.5, "high": 0.1}}, "low"),
+        ({"x": {"type": "categorical", "choices": []}}, "choices"),
+    ],
+)
+def test_bad_space_is_a_clear_error(tmp_path, space, message):
+    path = tmp_path / "space.json"
+    path.write_text(json.dumps(space))
+    with pytest.raises(ValueError, match=message):
+        load_space(path)
+
+
+def test_shipped_space_is_valid():
+    space = load_space(ROOT / "configs" / "search" / "textcat_space.json")
+    config = load_config(ROOT / "configs" / "textcat_bilstm.cfg")
+    for key in space:
+        node = config
+        for part in key.split("."):
+            node = node[part]
