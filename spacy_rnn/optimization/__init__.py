@@ -1,4 +1,10 @@
 """The RNN optimisation toolkit: training-time techniques as config settings."""
 from .global_norm import clip_global_norm, make_clip_global_norm_callback
+from .plateau import plateau_monitor, plateau_schedule
 
-__all__ = ["clip_global_norm", "make_clip_global_norm_callback"]
+__all__ = [
+    "clip_global_norm",
+    "make_clip_global_norm_callback",
+    "plateau_monitor",
+    "plateau_schedule",
+]
