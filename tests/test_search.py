@@ -79,3 +79,33 @@ def test_shipped_space_is_valid():
         node = config
         for part in key.split("."):
             node = node[part]
+
+
+def test_ablation_runs_each_variant_and_compares(fixture_corpus, tmp_path):
+    variants = tmp_path / "variants.json"
+    variants.write_text(json.dumps({
+        "baseline": {},
+        "weight drop": {"components.textcat.model.tok2vec.encode.weight_drop": 0.3},
+        "broken": {"components.textcat.model.tok2vec.encode.cell": "transformer"},
+    }))
+    out = tmp_path / "ablation"
+    result = subprocess.run(
+        [sys.executable, "-m", "spacy_rnn", "ablate", str(ROOT / "configs" / "textcat_bilstm.cfg"),
+         str(variants), str(out), "--paths.train", str(fixture_corpus / "train.spacy"),
+         "--paths.dev", str(fixture_corpus / "train.spacy"), *TINY],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [r["variant"] for r in rows] == ["baseline", "weight drop", "broken"]
+    assert rows[0]["status"] == "ok" and rows[1]["status"] == "ok"
+    assert rows[2]["status"].startswith("failed") and "Unknown RNN cell" in rows[2]["status"]
+    table = (out / "results.md").read_text()
+    assert "weight drop" in table and "weight_drop=0.3" in table and "failed" in table
+
+
+def test_shipped_ablation_variants_load():
+    from spacy_rnn.optimization.ablation import load_variants
+
+    variants = load_variants(ROOT / "configs" / "search" / "textcat_ablation.json")
+    assert "baseline" in variants and len(variants) > 5

@@ -34,3 +34,29 @@ def search_cli(
         msg.fail(str(err), exits=1)
     msg.good(f"Best trial {best['best_trial']}: score {best['best_score']:.4f} {best['best_values']}")
     msg.text(f"Results: {output_dir / 'results.md'}; best config: {output_dir / 'best.cfg'}")
+
+
+@app.command(
+    "ablate",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+def ablate_cli(
+    ctx: typer.Context,
+    config_path: Path = typer.Argument(..., help="Base spacy train config", exists=True, dir_okay=False),
+    variants_path: Path = typer.Argument(..., help="Variants file (JSON or YAML): name -> config values"),
+    output_dir: Path = typer.Argument(..., help="Folder for the runs and results.md"),
+    gpu_id: int = typer.Option(-1, "--gpu-id", help="GPU id, -1 for CPU"),
+    baseline: str = typer.Option("baseline", "--baseline", help="Variant the others are compared with"),
+):
+    """Train each variant with the same data and budget; write a results table.
+    Extra --section.key value arguments are passed to every run."""
+    from ..optimization.ablation import run_ablation
+
+    try:
+        rows = run_ablation(config_path, variants_path, output_dir, overrides=list(ctx.args),
+                            gpu_id=gpu_id, baseline=baseline)
+    except ValueError as err:
+        msg.fail(str(err), exits=1)
+    for row in rows:
+        msg.text(f"{row['variant']}: {row['score']}")
+    msg.good(f"Results: {output_dir / 'results.md'}")

@@ -114,17 +114,12 @@ def run_search(
     def objective(trial) -> float:
         values = {key: _suggest(trial, key, spec) for key, spec in space.items()}
         trial_dir = output_dir / f"trial-{trial.number:03d}"
-        args = [sys.executable, "-m", "spacy", "train", str(config_path),
-                "--output", str(trial_dir), "--gpu-id", str(gpu_id), *overrides]
-        for key, value in values.items():
-            args += [f"--{key}", json.dumps(value)]
-        result = subprocess.run(args, capture_output=True, text=True)
-        if result.returncode != 0:
-            tail = (result.stdout + result.stderr)[-1500:]
+        try:
+            score, _ = train_trial(config_path, trial_dir, values, weights,
+                                   overrides=overrides, gpu_id=gpu_id)
+        except RuntimeError as err:
             _log(log_path, trial.number, values, None, "failed")
-            raise optuna.TrialPruned(f"trial {trial.number} failed: {tail}")
-        meta = srsly.read_json(trial_dir / "model-best" / "meta.json")
-        score = weighted_score(meta.get("performance", {}), weights)
+            raise optuna.TrialPruned(str(err))
         _log(log_path, trial.number, values, score, "ok")
         return score
 
@@ -141,6 +136,36 @@ def run_search(
     _write_table(output_dir / "results.md", list(space), completed, best.number)
     return {"best_trial": best.number, "best_score": best.value, "best_values": best_values,
             "n_completed": len(completed), "n_trials": len(study.trials)}
+
+
+def train_trial(
+    config_path: Path,
+    output: Path,
+    values: Dict[str, Any],
+    weights: Dict[str, Optional[float]],
+    *,
+    overrides: Sequence[str] = tuple(),
+    gpu_id: int = -1,
+):
+    """Run one ``spacy train`` with extra config values in a subprocess.
+
+    RETURNS (Tuple[float, float]): The best weighted dev score and the
+        wall-clock seconds the run took.
+    """
+    import time
+
+    args = [sys.executable, "-m", "spacy", "train", str(config_path),
+            "--output", str(output), "--gpu-id", str(gpu_id), *overrides]
+    for key, value in values.items():
+        args += [f"--{key}", json.dumps(value)]
+    start = time.perf_counter()
+    result = subprocess.run(args, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if result.returncode != 0:
+        tail = (result.stdout + result.stderr)[-1500:]
+        raise RuntimeError(f"training in {output} failed: {tail}")
+    meta = srsly.read_json(Path(output) / "model-best" / "meta.json")
+    return weighted_score(meta.get("performance", {}), weights), seconds
 
 
 def _suggest(trial, key: str, spec: Dict[str, Any]):
