@@ -53,12 +53,16 @@ def iter_reviews(
     try:
         for i, row in enumerate(dataset):
             yield _normalise(row, source, i)
-    except ValueError:
+    except RecordError:
         raise
-    except Exception as err:  # datasets wraps parser errors in its own types
+    except Exception as err:  # datasets/pyarrow parser errors; ArrowInvalid is a ValueError
         if path.exists() and builder == "json":
             _raise_with_line(path, err)
         raise
+
+
+class RecordError(ValueError):
+    """A record that parsed but holds no usable review; the message names it."""
 
 
 def _normalise(row: Dict, source: str, index: int) -> Tuple[str, str, str]:
@@ -66,13 +70,13 @@ def _normalise(row: Dict, source: str, index: int) -> Tuple[str, str, str]:
     if label in (0, 1):
         label = LABELS[0] if label == 1 else LABELS[1]
     if label not in LABELS:
-        raise ValueError(
+        raise RecordError(
             f"{source}: record {index + 1} has label {label!r}; expected one of "
             f"{', '.join(LABELS)} (or 0/1 as in amazon_polarity)"
         )
     body = row.get("text", row.get("content"))
     if not isinstance(body, str):
-        raise ValueError(f"{source}: record {index + 1} has no 'text' or 'content' string")
+        raise RecordError(f"{source}: record {index + 1} has no 'text' or 'content' string")
     title = row.get("title") or ""
     text = f"{title}\n\n{body}" if title else body
     key = str(row.get("unique_id") or row.get("asin", "") + text)
