@@ -74,7 +74,7 @@ def run_ablation(
                      "seconds": seconds, "status": status, "dir": run_dir.name})
         with (output_dir / "results.jsonl").open("a", encoding="utf8") as f:
             f.write(json.dumps(rows[-1]) + "\n")
-    _write_table(output_dir / "results.md", rows, baseline, list(weights))
+    _write_table(output_dir / "results.md", rows, baseline, [k for k, w in weights.items() if w])
     return rows
 
 
@@ -85,10 +85,20 @@ def _write_table(path: Path, rows, baseline: Optional[str], score_names) -> None
         "|---|---|---|---|---|",
     ]
     for r in rows:
-        settings = ", ".join(f"`{k.split('.')[-1]}={v}`" for k, v in r["values"].items()) or "(base config)"
+        settings = ", ".join(
+            f"`{k.split('.')[-1]}={_fmt(v)}`" for k, v in r["values"].items()
+        ) or "(base config)"
         if r["score"] is None:
             lines.append(f"| {r['variant']} | {settings} | {r['status']} | | |")
             continue
         change = f"{r['score'] - base:+.4f}" if base is not None and r["variant"] != baseline else ""
         lines.append(f"| {r['variant']} | {settings} | {r['score']:.4f} | {change} | {r['seconds']:.0f} |")
     path.write_text("\n".join(lines) + "\n", encoding="utf8")
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, dict):
+        return value.get("@callbacks") or value.get("@architectures") or json.dumps(value)
+    return json.dumps(value) if not isinstance(value, str) else value
