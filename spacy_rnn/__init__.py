@@ -2,5 +2,7 @@
 from .about import __version__
 from . import architectures  # noqa: F401  (registers the architectures)
 from . import pipeline  # noqa: F401  (registers the factories)
+from . import callbacks  # noqa: F401  (registers the callbacks)
+from . import optimization  # noqa: F401  (registers the toolkit callbacks)
 
 __all__ = ["__version__"]

@@ -68,7 +68,7 @@ def load_state_bytes(data: bytes, what: str = "model") -> Dict[str, torch.Tensor
         raise UnsafeWeightsError(
             f"spacy-rnn: weights for {what} are {type(data).__name__}, not bytes"
         )
-    if _looks_like_pickle(data):
+    if not _looks_like_safetensors(data) and _looks_like_pickle(data):
         raise UnsafeWeightsError(
             f"spacy-rnn: refusing to load weights for {what}: they are a Python "
             f"pickle (torch.save format), which can run arbitrary code. spacy-rnn "
@@ -81,6 +81,16 @@ def load_state_bytes(data: bytes, what: str = "model") -> Dict[str, torch.Tensor
             f"spacy-rnn: the weights for {what} are not a valid safetensors blob "
             f"(corrupt or foreign file): {err}"
         ) from None
+
+
+def _looks_like_safetensors(data: Any) -> bool:
+    # A safetensors blob is an 8-byte little-endian header length followed
+    # by a JSON header. Check that framing first: the length's low byte can
+    # be anything, 0x80 included, so sniffing for a pickle alone misfires.
+    if len(data) < 10:
+        return False
+    header_len = int.from_bytes(bytes(data[:8]), "little")
+    return 8 + header_len <= len(data) and bytes(data[8:9]) == b"{"
 
 
 def _looks_like_pickle(data: Any) -> bool:

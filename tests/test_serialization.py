@@ -120,3 +120,43 @@ def test_corrupt_weights_are_a_clear_error():
     model_bytes = _plant_in_weights(textcat.model.to_bytes(), b"\x00garbage" * 10)
     with pytest.raises(UnsafeWeightsError, match="safetensors"):
         textcat.model.from_bytes(model_bytes)
+
+
+def test_safetensors_blob_starting_with_0x80_loads():
+    # The first byte of a safetensors blob is the low byte of its header
+    # length, so 0x80 (a pickle's first byte) must not be mistaken for one.
+    import torch
+    from safetensors.torch import save
+
+    from spacy_rnn.serialization import load_state_bytes
+
+    state = {"w": torch.ones(2, 3)}
+    for pad in range(300):
+        data = save(state, metadata={"pad": " " * pad})
+        if data[:1] == b"\x80":
+            break
+    else:  # pragma: no cover
+        pytest.fail("could not build a blob starting with 0x80")
+    assert torch.equal(load_state_bytes(data)["w"], torch.ones(2, 3))
+
+
+def test_encoder_training_keeps_memory_flat():
+    # Thinc's own shim grows by one copy of the weights per step; ours
+    # updates in place, so parameters keep their storage across updates.
+    nlp = _trained_nlp()
+    encoder = next(n for n in nlp.get_pipe("rnn_textcat").model.walk() if n.name == "rnn_encoder")
+    params = list(encoder.shims[0]._model.parameters())
+    pointers = [p.data_ptr() for p in params]
+    examples = fixture_examples(nlp)
+    optimizer = Adam(0.01)
+    before = [p.detach().clone() for p in params]
+    for _ in range(3):
+        nlp.update(examples, sgd=optimizer)
+    assert [p.data_ptr() for p in params] == pointers
+    assert any(not torch_equal(a, p) for a, p in zip(before, params))
+
+
+def torch_equal(a, b):
+    import torch
+
+    return torch.equal(a, b.detach())

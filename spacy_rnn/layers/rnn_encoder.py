@@ -2,12 +2,13 @@
 from typing import Callable, List, Optional, Tuple
 
 import torch
-from thinc.api import Model, PyTorchGradScaler, PyTorchShim
+from thinc.api import Model, PyTorchGradScaler
 from thinc.types import ArgsKwargs, Floats2d
 from thinc.util import torch2xp, xp2torch
 
 from ..serialization import deserialize_torch_module, serialize_torch_module
 from ..torch_modules.rnn_stack import RNNStack
+from .torch_shim import InPlacePyTorchShim
 
 InT = List[Floats2d]
 OutT = List[Floats2d]
@@ -62,7 +63,7 @@ def RNNEncoder(
             "depth": depth,
         },
         shims=[
-            PyTorchShim(
+            InPlacePyTorchShim(
                 module,
                 mixed_precision=mixed_precision,
                 grad_scaler=grad_scaler,

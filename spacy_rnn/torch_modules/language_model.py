@@ -1,0 +1,195 @@
+"""Word-level recurrent language model: embedding, one or two ``RNNStack``
+stacks and a (full or adaptive) softmax.
+
+Plain PyTorch. The forward stack reads left to right and predicts the next
+token; the optional backward stack (ELMo style) reads the sequence reversed
+and predicts the previous token. Both stacks are one-directional
+``RNNStack``s so their per-layer modules line up with the ``fwd`` / ``bwd``
+modules of a bidirectional ``spacy-rnn.RNNEncoder.v1`` for transfer.
+
+The module is built with ``vocab_size`` output rows before the vocabulary is
+known. The ``n_active`` buffer records how many rows the vocabulary actually
+uses; the rest are masked out of every distribution, so probabilities are
+always over real words only. It is a buffer so it travels with the weights.
+"""
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from .rnn_stack import RNNStack
+
+SOFTMAXES = ("full", "adaptive")
+
+
+class RNNLanguageModel(nn.Module):
+    """Recurrent word language model.
+
+    vocab_size (int): Rows of the embedding and output layer.
+    embed_width (int): Width of the word embeddings.
+    hidden_width (int): Width of each recurrent layer.
+    depth (int): Recurrent layers per direction.
+    cell (str): "lstm", "gru", "rnn_tanh" or "rnn_relu".
+    bidirectional (bool): Add a backward stack that predicts the previous word.
+    dropout (float): Dropout on embeddings, between layers and before the output.
+    tied (bool): Share the embedding matrix with the output layer (adds a
+        projection when ``hidden_width != embed_width``).
+    softmax (str): "full" or "adaptive" (``nn.AdaptiveLogSoftmaxWithLoss``).
+    cutoffs (Sequence[int]): Cluster boundaries of the adaptive softmax.
+    div_value (float): Width divisor per adaptive-softmax cluster.
+    init (str): Initialisation scheme of the recurrent weights.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        embed_width: int,
+        hidden_width: int,
+        depth: int = 1,
+        cell: str = "lstm",
+        bidirectional: bool = False,
+        dropout: float = 0.0,
+        tied: bool = False,
+        softmax: str = "full",
+        cutoffs: Sequence[int] = (),
+        div_value: float = 4.0,
+        init: str = "orthogonal",
+    ):
+        super().__init__()
+        if softmax not in SOFTMAXES:
+            raise ValueError(f"Unknown softmax {softmax!r}: choose one of {', '.join(SOFTMAXES)}")
+        if vocab_size < 3:
+            raise ValueError(f"vocab_size must be at least 3 (<unk>, <eos>, a word), got {vocab_size}")
+        if tied and softmax == "adaptive":
+            raise ValueError(
+                "tied embeddings need the full softmax: the adaptive softmax "
+                "has no single output matrix to share"
+            )
+        if softmax == "adaptive":
+            cutoffs = [int(c) for c in cutoffs]
+            if not cutoffs or sorted(set(cutoffs)) != cutoffs or cutoffs[0] < 1 or cutoffs[-1] >= vocab_size:
+                raise ValueError(
+                    f"adaptive softmax cutoffs must be increasing, positive and "
+                    f"below vocab_size ({vocab_size}); got {cutoffs}"
+                )
+        self.vocab_size = vocab_size
+        self.bidirectional = bidirectional
+        self.softmax = softmax
+        self.embed = nn.Embedding(vocab_size, embed_width)
+        nn.init.uniform_(self.embed.weight, -0.1, 0.1)
+        stack_args = dict(depth=depth, cell=cell, bidirectional=False, dropout=dropout, init=init)
+        self.fwd = RNNStack(embed_width, hidden_width, **stack_args)
+        self.bwd = RNNStack(embed_width, hidden_width, **stack_args) if bidirectional else None
+        self.drop = nn.Dropout(dropout)
+        out_width = hidden_width
+        self.proj = None
+        if tied and hidden_width != embed_width:
+            self.proj = nn.Linear(hidden_width, embed_width)
+            out_width = embed_width
+        if softmax == "full":
+            self.out = nn.Linear(out_width, vocab_size)
+            nn.init.zeros_(self.out.bias)
+            if tied:
+                self.out.weight = self.embed.weight
+            else:
+                nn.init.uniform_(self.out.weight, -0.1, 0.1)
+        else:
+            self.out = nn.AdaptiveLogSoftmaxWithLoss(
+                out_width, vocab_size, cutoffs=cutoffs, div_value=div_value
+            )
+        self.register_buffer("n_active", torch.tensor(vocab_size, dtype=torch.int64))
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed.weight.device
+
+    def set_n_active(self, n: int) -> None:
+        """Declare how many output rows the vocabulary uses (rows ``n:`` are
+        masked out of every distribution).
+
+        n (int): Number of words in the vocabulary.
+        """
+        if not 1 <= n <= self.vocab_size:
+            raise ValueError(f"n_active must be in [1, {self.vocab_size}], got {n}")
+        self.n_active.fill_(int(n))
+
+    def stack(self, direction: str) -> RNNStack:
+        if direction == "fwd":
+            return self.fwd
+        if self.bwd is None:
+            raise ValueError("this language model has no backward stack")
+        return self.bwd
+
+    def run(
+        self, direction: str, inputs: torch.Tensor, state: Optional[List] = None
+    ) -> Tuple[torch.Tensor, List]:
+        """Encode a window of word ids, carrying recurrent state.
+
+        direction (str): "fwd" or "bwd" (ids must already be reversed for "bwd").
+        inputs (torch.Tensor): (batch, time) int64 word ids.
+        state (Optional[List]): State returned by the previous window.
+        RETURNS (Tuple[torch.Tensor, List]): (batch, time, out_width) hidden
+            vectors ready for the output layer, and the new state.
+        """
+        X = self.drop(self.embed(inputs))
+        H, state = self.stack(direction).forward_stream(X, state)
+        H = self.drop(H)
+        if self.proj is not None:
+            H = self.proj(H)
+        return H, state
+
+    def log_probs(self, H: torch.Tensor) -> torch.Tensor:
+        """Full log distribution over the vocabulary.
+
+        H (torch.Tensor): (n, out_width) hidden vectors.
+        RETURNS (torch.Tensor): (n, vocab_size); masked rows are -inf.
+        """
+        n = int(self.n_active)
+        if self.softmax == "full":
+            logits = self.out(H)
+            if n < self.vocab_size:
+                logits = logits.masked_fill(self._unused(logits), float("-inf"))
+            return torch.log_softmax(logits, dim=-1)
+        lp = self.out.log_prob(H)
+        if n < self.vocab_size:
+            # Renormalise over the words that exist.
+            lp = lp.masked_fill(self._unused(lp), float("-inf"))
+            lp = lp - torch.logsumexp(lp, dim=-1, keepdim=True)
+        return lp
+
+    def target_log_probs(self, H: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Log probability of each target word.
+
+        H (torch.Tensor): (n, out_width) hidden vectors.
+        targets (torch.Tensor): (n,) word ids.
+        RETURNS (torch.Tensor): (n,) natural-log probabilities.
+        """
+        if H.shape[0] == 0:
+            return H.new_zeros((0,))
+        if self.softmax == "adaptive" and int(self.n_active) == self.vocab_size:
+            # The cheap path: only the target's cluster is evaluated.
+            return self.out(H, targets).output
+        lp = self.log_probs(H)
+        return lp.gather(1, targets.unsqueeze(1)).squeeze(1)
+
+    def _unused(self, scores: torch.Tensor) -> torch.Tensor:
+        rows = torch.arange(self.vocab_size, device=scores.device)
+        return (rows >= self.n_active).expand_as(scores)
+
+
+def detach_state(state):
+    """Cut the graph behind a recurrent state (tensor, tuple or list of them)."""
+    if state is None:
+        return None
+    if isinstance(state, torch.Tensor):
+        return state.detach()
+    return type(state)(detach_state(s) for s in state)
+
+
+def select_state(state, rows: torch.Tensor):
+    """Rows of a recurrent state (batch is dim 1 of every h / c tensor)."""
+    if state is None:
+        return None
+    if isinstance(state, torch.Tensor):
+        return state.index_select(1, rows)
+    return type(state)(select_state(s, rows) for s in state)
