@@ -147,3 +147,32 @@ def test_two_processes_match_one(trained_nlp):
         assert a.keys() == b.keys()
         for k in a:
             assert a[k] == pytest.approx(b[k], abs=1e-6)
+
+
+def test_hostile_text_sweep_language_model():
+    from .test_language_model import make_lm, stream_corpus, train
+
+    fix_random_seed(0)
+    nlp, lm = make_lm()
+    nlp.initialize(lambda: list(stream_corpus()(nlp)))
+    train(nlp, epochs=2)
+    batch = HOSTILE + HOSTILE[::-1]
+    for doc in nlp.pipe(batch, batch_size=4):
+        if len(doc) == 0:
+            continue
+        assert numpy.isfinite(doc._.lm_logprob), doc.text[:30]
+        assert numpy.isfinite(doc._.lm_perplexity)
+        assert all(numpy.isfinite(t._.lm_surprisal) for t in doc)
+
+
+def test_two_processes_match_one_language_model():
+    from .test_language_model import make_lm, stream_corpus, train
+
+    fix_random_seed(0)
+    nlp, lm = make_lm()
+    nlp.initialize(lambda: list(stream_corpus()(nlp)))
+    train(nlp, epochs=1)
+    texts = ["the cat sat on the mat", "a dog", "", "unknown words here"] * 4
+    one = [d._.lm_logprob for d in nlp.pipe(texts, batch_size=3)]
+    two = [d._.lm_logprob for d in nlp.pipe(texts, batch_size=3, n_process=2)]
+    assert numpy.allclose(numpy.asarray(one, dtype="f"), numpy.asarray(two, dtype="f"), atol=1e-5)
