@@ -224,6 +224,9 @@ def test_loading_into_a_differently_configured_component_fails():
         {"softmax": "adaptive", "cutoffs": [4, 12]},
         {"cell": "gru", "depth": 2, "tied": True, "hidden_width": 16},
         {"tied": True},  # tied with a projection (hidden 24 != embed 16)
+        # AWD-LSTM regularisers.
+        {"weight_drop": 0.2, "locked_dropout": True, "dropout": 0.1, "embed_dropout": 0.1,
+         "ar_alpha": 2.0, "tar_beta": 1.0},
     ],
 )
 def test_variants_learn(overrides):
@@ -383,3 +386,29 @@ def test_optimizer_updates_weights_in_place():
         assert p.data_ptr() == pointers[name], name
         assert p.grad is None or float(p.grad.abs().sum()) == 0.0
     assert not torch.equal(params["fwd.fwd.0.weight_hh_l0"], before["fwd.fwd.0.weight_hh_l0"])
+
+
+def test_activation_regularisation_adds_to_the_loss():
+    import torch
+
+    nlp, lm = make_lm(ar_alpha=2.0, tar_beta=1.0)
+    H = torch.ones(2, 3, 4)
+    raw = torch.arange(24, dtype=torch.float32).reshape(2, 3, 4)
+    mask = torch.tensor([[True, True, True], [True, True, False]])
+    penalty = float(lm._activation_penalty(H, raw, mask, norm=5.0))
+    # AR: mean(h^2) = 1; TAR: consecutive raw differences are all 4 -> 16.
+    assert penalty == pytest.approx(2.0 * 1.0 + 1.0 * 16.0)
+    nlp2, lm2 = make_lm()
+    assert lm2._activation_penalty(H, raw, mask, norm=5.0) == 0.0
+
+
+def test_regularisers_are_off_at_prediction_time():
+    import torch
+
+    fix_random_seed(0)
+    nlp, lm = make_lm(weight_drop=0.5, locked_dropout=True, dropout=0.3, embed_dropout=0.3)
+    nlp.initialize(lambda: stream_corpus()(nlp))
+    texts = ["the cat sat on the mat", "a dog"]
+    first = [d._.lm_logprob for d in nlp.pipe(texts)]
+    second = [d._.lm_logprob for d in nlp.pipe(texts)]
+    assert first == second

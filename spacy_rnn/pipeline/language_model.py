@@ -68,6 +68,11 @@ cutoffs = []
 div_value = 4.0
 init = "orthogonal"
 bptt = 35
+weight_drop = 0.0
+locked_dropout = false
+embed_dropout = 0.0
+ar_alpha = 0.0
+tar_beta = 0.0
 
 [lm.scorer]
 @scorers = "spacy_rnn.lm_scorer.v1"
@@ -85,6 +90,7 @@ MODULE_SETTINGS = (
     "vocab_size", "embed_width", "hidden_width", "depth", "cell",
     "bidirectional", "dropout", "tied", "softmax", "cutoffs", "div_value", "init",
 )
+# Regularisers: they change training, not the module's shape.
 
 
 def register_extensions() -> None:
@@ -144,6 +150,11 @@ def make_rnn_lm(
     init: str,
     bptt: int,
     scorer: Optional[Callable],
+    weight_drop: float = 0.0,
+    locked_dropout: bool = False,
+    embed_dropout: float = 0.0,
+    ar_alpha: float = 0.0,
+    tar_beta: float = 0.0,
 ) -> "RNNLanguageModelPipe":
     """Create a recurrent word language model component.
 
@@ -166,6 +177,14 @@ def make_rnn_lm(
     init (str): Recurrent weight initialisation scheme.
     bptt (int): Window length of truncated backpropagation through time.
     scorer (Optional[Callable]): The scoring method.
+    weight_drop (float): DropConnect on the hidden-to-hidden weights.
+    locked_dropout (bool): One dropout mask per stream for all time steps.
+    embed_dropout (float): Rate at which whole words are dropped from the
+        embedding matrix.
+    ar_alpha (float): Activation regularisation: alpha * mean(h^2) on the
+        dropped output of the last layer (Merity et al. 2018).
+    tar_beta (float): Temporal activation regularisation:
+        beta * mean((h_t - h_{t-1})^2) on the raw output of the last layer.
     RETURNS (RNNLanguageModelPipe): The component.
     """
     cfg = dict(
@@ -173,7 +192,8 @@ def make_rnn_lm(
         embed_width=embed_width, hidden_width=hidden_width, depth=depth,
         cell=cell, bidirectional=bidirectional, dropout=dropout, tied=tied,
         softmax=softmax, cutoffs=list(cutoffs), div_value=div_value, init=init,
-        bptt=bptt,
+        bptt=bptt, weight_drop=weight_drop, locked_dropout=locked_dropout,
+        embed_dropout=embed_dropout, ar_alpha=ar_alpha, tar_beta=tar_beta,
     )
     model = build_lm_model(cfg)
     return RNNLanguageModelPipe(nlp.vocab, model, name, cfg=cfg, scorer=scorer)
@@ -201,6 +221,9 @@ def build_lm_model(cfg: Dict[str, Any]) -> Model:
         cutoffs=cfg["cutoffs"],
         div_value=cfg["div_value"],
         init=cfg["init"],
+        weight_drop=cfg.get("weight_drop", 0.0),
+        locked_dropout=cfg.get("locked_dropout", False),
+        embed_dropout=cfg.get("embed_dropout", 0.0),
     )
     shim = PyTorchShim(
         module,
@@ -758,11 +781,12 @@ class RNNLanguageModelPipe(TrainablePipe):
         total = 0.0
         for start in range(0, T, bptt):
             end = min(T, start + bptt)
-            H, state = module.run(direction, inputs_t[:, start:end], state)
+            H, state, raw = module.run(direction, inputs_t[:, start:end], state, return_raw=True)
             m = mask_t[:, start:end]
             lp = module.target_log_probs(H[m], targets_t[:, start:end][m])
             if train:
                 loss = -lp.sum() / norm
+                loss = loss + self._activation_penalty(H, raw, m, norm)
                 loss.backward()
                 total += float(loss.detach())
             lp_all[:, start:end][mask[:, start:end]] = lp.detach().float().cpu().numpy()
@@ -774,6 +798,25 @@ class RNNLanguageModelPipe(TrainablePipe):
             row = lp_all[b, : lengths[b]]
             out[b] = row[::-1].copy() if direction == "bwd" else row.copy()
         return out, state, total
+
+    def _activation_penalty(self, H, raw, mask, norm: float):
+        # AR and TAR (Merity et al. 2018), weighted by this window's share of
+        # the batch's tokens so that they scale like the NLL term.
+        alpha = float(self.cfg.get("ar_alpha", 0.0))
+        beta = float(self.cfg.get("tar_beta", 0.0))
+        n = int(mask.sum())
+        if n == 0 or (alpha <= 0 and beta <= 0):
+            return 0.0
+        share = n / norm
+        penalty = 0.0
+        if alpha > 0:
+            penalty = penalty + alpha * H[mask].pow(2).mean() * share
+        if beta > 0 and raw.shape[1] > 1:
+            both = mask[:, 1:] & mask[:, :-1]
+            if bool(both.any()):
+                diff = (raw[:, 1:] - raw[:, :-1])[both]
+                penalty = penalty + beta * diff.pow(2).mean() * share
+        return penalty
 
     def _continued_state(self, docs: List[Doc], seqs: List[numpy.ndarray]):
         """State and first inputs carried over from the previous update, when

@@ -38,6 +38,11 @@ class RNNLanguageModel(nn.Module):
     cutoffs (Sequence[int]): Cluster boundaries of the adaptive softmax.
     div_value (float): Width divisor per adaptive-softmax cluster.
     init (str): Initialisation scheme of the recurrent weights.
+    weight_drop (float): DropConnect on the recurrent hidden-to-hidden weights.
+    locked_dropout (bool): Use one dropout mask per stream for every time step
+        (variational dropout) on embeddings, between layers and on outputs.
+    embed_dropout (float): Drop whole words: rows of the embedding matrix
+        (Gal & Ghahramani 2016; AWD-LSTM's embedding dropout).
     """
 
     def __init__(
@@ -54,8 +59,13 @@ class RNNLanguageModel(nn.Module):
         cutoffs: Sequence[int] = (),
         div_value: float = 4.0,
         init: str = "orthogonal",
+        weight_drop: float = 0.0,
+        locked_dropout: bool = False,
+        embed_dropout: float = 0.0,
     ):
         super().__init__()
+        if not 0.0 <= embed_dropout < 1.0:
+            raise ValueError(f"embed_dropout must be in [0, 1), got {embed_dropout}")
         if softmax not in SOFTMAXES:
             raise ValueError(f"Unknown softmax {softmax!r}: choose one of {', '.join(SOFTMAXES)}")
         if vocab_size < 3:
@@ -77,7 +87,13 @@ class RNNLanguageModel(nn.Module):
         self.softmax = softmax
         self.embed = nn.Embedding(vocab_size, embed_width)
         nn.init.uniform_(self.embed.weight, -0.1, 0.1)
-        stack_args = dict(depth=depth, cell=cell, bidirectional=False, dropout=dropout, init=init)
+        stack_args = dict(
+            depth=depth, cell=cell, bidirectional=False, dropout=dropout, init=init,
+            weight_drop=weight_drop, locked_dropout=locked_dropout,
+        )
+        self.dropout_rate = float(dropout)
+        self.locked_dropout = bool(locked_dropout)
+        self.embed_dropout = float(embed_dropout)
         self.fwd = RNNStack(embed_width, hidden_width, **stack_args)
         self.bwd = RNNStack(embed_width, hidden_width, **stack_args) if bidirectional else None
         self.drop = nn.Dropout(dropout)
@@ -121,22 +137,48 @@ class RNNLanguageModel(nn.Module):
         return self.bwd
 
     def run(
-        self, direction: str, inputs: torch.Tensor, state: Optional[List] = None
-    ) -> Tuple[torch.Tensor, List]:
+        self,
+        direction: str,
+        inputs: torch.Tensor,
+        state: Optional[List] = None,
+        return_raw: bool = False,
+    ):
         """Encode a window of word ids, carrying recurrent state.
 
         direction (str): "fwd" or "bwd" (ids must already be reversed for "bwd").
         inputs (torch.Tensor): (batch, time) int64 word ids.
         state (Optional[List]): State returned by the previous window.
+        return_raw (bool): Also return the last layer's output before the
+            output dropout (for temporal activation regularisation).
         RETURNS (Tuple[torch.Tensor, List]): (batch, time, out_width) hidden
-            vectors ready for the output layer, and the new state.
+            vectors ready for the output layer, and the new state (and the
+            raw output when ``return_raw``).
         """
-        X = self.drop(self.embed(inputs))
-        H, state = self.stack(direction).forward_stream(X, state)
-        H = self.drop(H)
+        X = self._dropout(self._embed(inputs))
+        raw, state = self.stack(direction).forward_stream(X, state)
+        H = self._dropout(raw)
         if self.proj is not None:
             H = self.proj(H)
+        if return_raw:
+            return H, state, raw
         return H, state
+
+    def _embed(self, inputs: torch.Tensor) -> torch.Tensor:
+        if not (self.training and self.embed_dropout > 0):
+            return self.embed(inputs)
+        weight = self.embed.weight
+        keep = 1.0 - self.embed_dropout
+        mask = weight.new_empty((weight.shape[0], 1)).bernoulli_(keep) / keep
+        return nn.functional.embedding(inputs, weight * mask)
+
+    def _dropout(self, X: torch.Tensor) -> torch.Tensor:
+        if not self.locked_dropout:
+            return self.drop(X)
+        if not self.training or self.dropout_rate <= 0:
+            return X
+        keep = 1.0 - self.dropout_rate
+        mask = X.new_empty((X.shape[0], 1, X.shape[2])).bernoulli_(keep) / keep
+        return X * mask
 
     def log_probs(self, H: torch.Tensor) -> torch.Tensor:
         """Full log distribution over the vocabulary.
