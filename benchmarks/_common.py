@@ -1,0 +1,134 @@
+"""Helpers shared by the benchmark scripts (not part of the package).
+
+Thread counts must be fixed before torch is imported: with more OpenMP /
+oneDNN threads than free cores, their spin-waiting makes timings meaningless
+(100x slowdowns were seen on a shared 2-core machine). So every script parses
+its arguments, calls ``setup_threads`` and only then imports torch.
+"""
+import json
+import os
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DATA = ROOT.parent / "shared" / "data"
+DEFAULT_REVIEWS = DEFAULT_DATA / "amazon-mds" / "reviews.jsonl"
+DEFAULT_PTB = DEFAULT_DATA / "ptb"
+
+
+def add_common_args(parser) -> None:
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch/OpenMP threads (0: all cores)")
+    parser.add_argument("--gpu-id", type=int, default=-1,
+                        help="CUDA device to use (-1: CPU)")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def setup_threads(threads: int) -> int:
+    """Pin thread counts for OpenMP, MKL and torch; call before importing torch."""
+    n = threads if threads and threads > 0 else (os.cpu_count() or 1)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(n)
+    import torch
+
+    torch.set_num_threads(n)
+    return n
+
+
+def torch_device(gpu_id: int):
+    import torch
+
+    if gpu_id is not None and gpu_id >= 0:
+        if not torch.cuda.is_available():
+            raise SystemExit(f"--gpu-id {gpu_id}: CUDA is not available")
+        torch.cuda.set_device(gpu_id)
+        return torch.device("cuda", gpu_id)
+    return torch.device("cpu")
+
+
+def sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timer(device) -> float:
+    sync(device)
+    return time.perf_counter()
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process, in MiB."""
+    # Linux carries ru_maxrss across exec, so a child started by a big parent
+    # would report the parent's peak; VmHWM belongs to this image alone.
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    # ru_maxrss is KiB on Linux, bytes on macOS.
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
+
+
+def machine_info(threads: int, device) -> Dict:
+    import torch
+
+    info = {
+        "machine": platform.node(),
+        "cpu_count": os.cpu_count(),
+        "threads": threads,
+        "device": str(device),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "load_average_at_start": list(os.getloadavg()),
+    }
+    if device.type == "cuda":
+        info["gpu_name"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def gpu_peak_mb(device) -> Optional[float]:
+    import torch
+
+    if device.type != "cuda":
+        return None
+    return torch.cuda.max_memory_allocated(device) / 2**20
+
+
+def read_review_texts(path: Path, limit: int = 0) -> List[Dict]:
+    """Reviews as dicts with text (title + body, as convert-amazon joins them)
+    and label."""
+    rows = []
+    with Path(path).open(encoding="utf8") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            title = row.get("title") or ""
+            body = row.get("text") or ""
+            row["full_text"] = f"{title}\n\n{body}" if title else body
+            rows.append(row)
+            if limit and len(rows) >= limit:
+                break
+    return rows
+
+
+def quiet_stdout() -> None:
+    """Send everything printed from now on to stderr: libraries print
+    progress and warnings (wasabi) to stdout, and stdout must hold nothing
+    but the JSON object."""
+    sys.stdout = sys.stderr
+
+
+def emit(result: Dict, indent: int = 1) -> None:
+    """Print the one JSON object a benchmark produces, to the real stdout."""
+    sys.__stdout__.write(json.dumps(result, indent=indent) + "\n")
+    sys.__stdout__.flush()

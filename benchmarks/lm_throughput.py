@@ -1,0 +1,298 @@
+"""Training and evaluation tokens/s of the ``rnn_lm`` component against a
+plain PyTorch word-level LSTM language model of identical size, timed in the
+same run.
+
+    python benchmarks/lm_throughput.py --data ../shared/data/ptb --seconds 60
+
+Both sides: 10k vocabulary, 200-wide embeddings, a 2-layer 200-wide LSTM,
+untied full softmax, dropout 0.2, BPTT 35 over 20 parallel streams of
+ptb.train.txt, Adam (lr 0.001) with gradient clipping at 0.25, one optimiser
+step per 35-token window. The plain loop is pytorch/examples'
+word_language_model with Adam (global-norm clipping; Thinc's optimiser,
+which ``rnn_lm`` uses, clips each tensor's norm). ``rnn_lm`` is fed the way
+``spacy train`` feeds it (``spacy-rnn.TokenStreamCorpus.v1`` docs, one
+``nlp.update`` per window). The two sides take turns (``--rounds``) so that
+load from other processes hits both alike. Evaluation: 10 streams over
+ptb.valid.txt (first ``--max-eval-tokens`` tokens), no gradients, best of
+``--rounds`` alternating passes.
+"""
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402
+
+SIZES = dict(vocab_size=10000, embed_width=200, hidden_width=200, depth=2, bptt=35,
+             n_streams=20, eval_streams=10, dropout=0.2, learn_rate=0.001, clip=0.25)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", type=Path, default=_common.DEFAULT_PTB,
+                   help="folder with ptb.train.txt and ptb.valid.txt")
+    p.add_argument("--seconds", type=float, default=60.0,
+                   help="training time per implementation")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="alternate the two implementations this many times")
+    p.add_argument("--max-train-tokens", type=int, default=0,
+                   help="use only the first N training tokens (0: all)")
+    p.add_argument("--max-eval-tokens", type=int, default=20000,
+                   help="evaluate on the first N validation tokens (0: all)")
+    p.add_argument("--vocab-size", type=int, default=SIZES["vocab_size"])
+    p.add_argument("--width", type=int, default=SIZES["hidden_width"],
+                   help="embedding and LSTM width")
+    _common.add_common_args(p)
+    return p.parse_args(argv)
+
+
+def read_tokens(path: Path, limit: int = 0):
+    tokens = []
+    with Path(path).open(encoding="utf8") as f:
+        for line in f:
+            tokens.extend(line.split())
+            tokens.append("<eos>")
+            if limit and len(tokens) >= limit:
+                return tokens[:limit]
+    return tokens
+
+
+class TorchSide:
+    """pytorch/examples word_language_model (LSTM, untied), with Adam."""
+
+    def __init__(self, args, train_tokens, device):
+        import torch
+        from torch import nn
+
+        self.torch = torch
+        self.device = device
+        self.args = args
+        counts = {}
+        for t in train_tokens:
+            counts[t] = counts.get(t, 0) + 1
+        words = ["<unk>", "<eos>"] + [
+            w for w in sorted(counts, key=lambda w: (-counts[w], w)) if w not in ("<unk>", "<eos>")
+        ]
+        self.ids = {w: i for i, w in enumerate(words[: args.vocab_size])}
+        V, W = args.vocab_size, args.width
+
+        class RNNModel(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.drop = nn.Dropout(SIZES["dropout"])
+                self.encoder = nn.Embedding(V, W)
+                self.rnn = nn.LSTM(W, W, SIZES["depth"], dropout=SIZES["dropout"])
+                self.decoder = nn.Linear(W, V)
+                nn.init.uniform_(self.encoder.weight, -0.1, 0.1)
+                nn.init.zeros_(self.decoder.bias)
+                nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
+
+            def forward(self, x, hidden):
+                emb = self.drop(self.encoder(x))
+                out, hidden = self.rnn(emb, hidden)
+                return self.decoder(self.drop(out)), hidden
+
+        self.model = RNNModel().to(device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=SIZES["learn_rate"])
+        self.criterion = nn.CrossEntropyLoss()
+        self.train_data = self.batchify(train_tokens, SIZES["n_streams"])
+        self.position = 0
+        self.hidden = None
+
+    def batchify(self, tokens, n):
+        torch = self.torch
+        ids = torch.tensor([self.ids.get(t, 0) for t in tokens], dtype=torch.long)
+        nbatch = ids.size(0) // n
+        return ids[: nbatch * n].view(n, -1).t().contiguous().to(self.device)
+
+    @staticmethod
+    def repackage(h):
+        if h is None:
+            return None
+        return tuple(v.detach() for v in h)
+
+    def train_for(self, seconds):
+        """Train for ``seconds``; return (tokens, seconds spent)."""
+        torch = self.torch
+        self.model.train()
+        bptt, V = SIZES["bptt"], self.args.vocab_size
+        tokens = 0
+        start = _common.timer(self.device)
+        end = start + seconds
+        while True:
+            if self.position + 1 >= self.train_data.size(0) - 1:
+                self.position, self.hidden = 0, None
+            i = self.position
+            seq_len = min(bptt, self.train_data.size(0) - 1 - i)
+            data = self.train_data[i : i + seq_len]
+            targets = self.train_data[i + 1 : i + 1 + seq_len].reshape(-1)
+            self.hidden = self.repackage(self.hidden)
+            self.optimizer.zero_grad()
+            output, self.hidden = self.model(data, self.hidden)
+            loss = self.criterion(output.view(-1, V), targets)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), SIZES["clip"])
+            self.optimizer.step()
+            self.position += seq_len
+            tokens += data.numel()
+            if time.perf_counter() >= end:
+                break
+        self.last_loss = float(loss.detach())
+        return tokens, _common.timer(self.device) - start
+
+    def evaluate(self, tokens):
+        torch = self.torch
+        data = self.batchify(tokens, SIZES["eval_streams"])
+        self.model.eval()
+        bptt, V = SIZES["bptt"], self.args.vocab_size
+        total, n = 0.0, 0
+        hidden = None
+        start = _common.timer(self.device)
+        with torch.no_grad():
+            for i in range(0, data.size(0) - 1, bptt):
+                seq_len = min(bptt, data.size(0) - 1 - i)
+                x = data[i : i + seq_len]
+                y = data[i + 1 : i + 1 + seq_len].reshape(-1)
+                output, hidden = self.model(x, hidden)
+                total += float(self.criterion(output.view(-1, V), y)) * y.numel()
+                n += y.numel()
+        elapsed = _common.timer(self.device) - start
+        return n, elapsed, total / n
+
+
+class SpacyRNNSide:
+    """The ``rnn_lm`` component, driven as ``spacy train`` drives it."""
+
+    def __init__(self, args, train_path, device):
+        import spacy
+        from thinc.api import Adam
+
+        from spacy_rnn.corpus.token_stream import TokenStreamCorpus
+
+        if device.type == "cuda":
+            spacy.require_gpu(device.index or 0)
+        self.device = device
+        self.nlp = spacy.blank("en")
+        self.lm = self.nlp.add_pipe("rnn_lm", config={
+            "vocab_size": args.vocab_size, "embed_width": args.width,
+            "hidden_width": args.width, "depth": SIZES["depth"], "cell": "lstm",
+            "bidirectional": False, "dropout": SIZES["dropout"], "tied": False,
+            "softmax": "full", "bptt": SIZES["bptt"],
+        })
+        self.corpus = TokenStreamCorpus(
+            train_path, n_streams=SIZES["n_streams"], doc_length=SIZES["bptt"],
+            limit=args.max_train_tokens)
+        self.lm.initialize(lambda: iter([]), nlp=self.nlp, vocab_path=str(train_path))
+        self.optimizer = Adam(learn_rate=SIZES["learn_rate"], grad_clip=SIZES["clip"],
+                              L2=0.0, use_averages=False)
+        self.batches = self._batches()
+
+    def _batches(self):
+        while True:
+            batch = []
+            for eg in self.corpus(self.nlp):
+                batch.append(eg)
+                if len(batch) == SIZES["n_streams"]:
+                    yield batch
+                    batch = []
+
+    def train_for(self, seconds):
+        tokens = 0
+        spent = 0.0
+        losses = {}
+        while spent < seconds:
+            # Doc creation is the reader's job, outside the timed update.
+            batch = next(self.batches)
+            start = _common.timer(self.device)
+            self.nlp.update(batch, sgd=self.optimizer, losses=losses)
+            spent += _common.timer(self.device) - start
+            tokens += sum(len(eg.predicted) for eg in batch)
+        self.last_loss = losses.get("rnn_lm")
+        return tokens, spent
+
+    def evaluate(self, tokens):
+        start = _common.timer(self.device)
+        scores = self.lm.evaluate_stream(tokens, batch_size=SIZES["eval_streams"],
+                                         bptt=SIZES["bptt"])
+        elapsed = _common.timer(self.device) - start
+        return scores["tokens"], elapsed, scores["nll"]
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    _common.quiet_stdout()
+    threads = _common.setup_threads(args.threads)
+    import torch
+
+    device = _common.torch_device(args.gpu_id)
+    torch.manual_seed(args.seed)
+    train_path = Path(args.data) / "ptb.train.txt"
+    valid_path = Path(args.data) / "ptb.valid.txt"
+    train_tokens = read_tokens(train_path, args.max_train_tokens)
+    eval_tokens = read_tokens(valid_path, args.max_eval_tokens)
+
+    sides = {"torch": TorchSide(args, train_tokens, device)}
+    spacy_error = None
+    try:
+        from spacy.language import Language
+
+        import spacy_rnn  # noqa: F401
+
+        if not Language.has_factory("rnn_lm"):
+            spacy_error = "rnn_lm not installed"
+    except Exception as err:
+        spacy_error = f"rnn_lm not installed ({type(err).__name__}: {err})"
+    if spacy_error is None:
+        try:
+            sides["spacy_rnn"] = SpacyRNNSide(args, train_path, device)
+        except Exception as err:  # report, and still time the plain side
+            spacy_error = f"rnn_lm could not be set up: {type(err).__name__}: {err}"
+
+    train = {name: [0, 0.0] for name in sides}
+    for _ in range(max(1, args.rounds)):
+        for name, side in sides.items():
+            n, t = side.train_for(args.seconds / max(1, args.rounds))
+            train[name][0] += n
+            train[name][1] += t
+    # Evaluation also alternates; the fastest pass of each side counts.
+    evals = {}
+    for _ in range(max(1, args.rounds)):
+        for name, side in sides.items():
+            n, t, nll = side.evaluate(eval_tokens)
+            if name not in evals or t < evals[name][1]:
+                evals[name] = (n, t, nll)
+
+    def rate(d, name):
+        return d[name][0] / d[name][1] if name in d else None
+
+    result = {
+        "benchmark": "lm_throughput",
+        **_common.machine_info(threads, device),
+        "sizes": {**SIZES, "vocab_size": args.vocab_size, "embed_width": args.width,
+                  "hidden_width": args.width},
+        "train_seconds_each": {k: v[1] for k, v in train.items()},
+        "train_tokens_each": {k: v[0] for k, v in train.items()},
+        "eval_tokens": evals["torch"][0],
+        "spacy_rnn_train_tokens_per_s": rate(train, "spacy_rnn"),
+        "torch_train_tokens_per_s": rate(train, "torch"),
+        "spacy_rnn_eval_tokens_per_s": rate(evals, "spacy_rnn"),
+        "torch_eval_tokens_per_s": rate(evals, "torch"),
+        "spacy_rnn_valid_ppl": math.exp(evals["spacy_rnn"][2]) if "spacy_rnn" in evals else None,
+        "torch_valid_ppl": math.exp(evals["torch"][2]),
+        "spacy_rnn_error": spacy_error,
+        "gpu_peak_mb": _common.gpu_peak_mb(device),
+        "peak_rss_mb": _common.peak_rss_mb(),
+    }
+    s, t = result["spacy_rnn_train_tokens_per_s"], result["torch_train_tokens_per_s"]
+    result["train_ratio"] = s / t if s else None
+    s, t = result["spacy_rnn_eval_tokens_per_s"], result["torch_eval_tokens_per_s"]
+    result["eval_ratio"] = s / t if s else None
+    result["ratio_note"] = "spacy_rnn / torch: 1.0 means no overhead"
+    _common.emit(result)
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Run every benchmark with its default settings and keep each JSON result.
+#   bash benchmarks/run_all.sh [OUT_DIR] [THREADS]
+# THREADS defaults to all cores; pass 1 on a machine shared with other jobs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:-${TMPDIR:-/tmp}/spacy-rnn-benchmarks}
+THREADS=${2:-0}
+PY=${PYTHON:-python}
+mkdir -p "$OUT"
+$PY benchmarks/encoder_speed.py --threads "$THREADS" --seconds 30 > "$OUT/encoder_speed.json"
+$PY benchmarks/textcat_bench.py --threads "$THREADS" --seconds 120 > "$OUT/textcat_bench.json"
+$PY benchmarks/lm_throughput.py --threads "$THREADS" --data ../shared/data/ptb --seconds 60 > "$OUT/lm_throughput.json"
+$PY benchmarks/quantize_bench.py --threads "$THREADS" --seconds 120 > "$OUT/quantize_bench.json"
+$PY benchmarks/profile_textcat.py --threads "$THREADS" --steps 30 --out-dir "$OUT/profiles" > "$OUT/profile_textcat.json"
+echo "results in $OUT" >&2

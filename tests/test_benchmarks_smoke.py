@@ -1,0 +1,105 @@
+"""Each benchmark script runs end to end with tiny settings on the fixtures
+and prints one JSON object with the keys the README's figures come from."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from .util import FIXTURES, ROOT
+
+BENCH = ROOT / "benchmarks"
+ENV = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+REVIEWS = FIXTURES / "reviews_tiny.jsonl"
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    from spacy_rnn.corpus.amazon import convert_amazon
+
+    out = tmp_path_factory.mktemp("bench") / "amazon"
+    convert_amazon(str(REVIEWS), out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def ptb(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ptb")
+    text = (FIXTURES / "stream_tiny.txt").read_text()
+    for split in ("train", "valid", "test"):
+        (out / f"ptb.{split}.txt").write_text(text)
+    return out
+
+
+def run_script(name, *args):
+    out = subprocess.run(
+        [sys.executable, str(BENCH / name), "--threads", "1", *map(str, args)],
+        capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout)
+    assert result["threads"] == 1
+    return result
+
+
+def test_encoder_speed():
+    r = run_script(
+        "encoder_speed.py", "--data", REVIEWS, "--batches", 2, "--warmup", 1,
+        "--seconds", 0.2, "--batch-size", 4, "--max-length", 40, "--overheads", "0,4",
+    )
+    for key in ("packed_vs_padded_ratio", "best_bucket_overhead", "methods",
+                "rnnstack_packed_vs_padded_ratio", "best_reverse_vs_padded_ratio"):
+        assert key in r
+    assert set(r["methods"]) == {"padded_fused", "pack_padded", "reverse_bo0", "reverse_bo4", "packed"}
+    for name, m in r["methods"].items():
+        assert m["seconds_per_batch"] > 0
+        if name != "padded_fused":
+            assert m["max_abs_diff_alone_vs_batch"] < 1e-4, name
+
+
+def test_textcat_bench(corpus):
+    r = run_script(
+        "textcat_bench.py", "--corpus-dir", corpus, "--models", "bow,rnn_bilstm",
+        "--seconds", 0.3, "--batch-size", 8,
+    )
+    assert set(r["summary"]) == {"bow", "rnn_bilstm"}
+    for name, s in r["summary"].items():
+        for key in ("train_words_per_s", "infer_words_per_s", "accuracy", "peak_rss_mb"):
+            assert s[key] is not None and s[key] > 0 or key == "accuracy", (name, key)
+        assert 0.0 <= s["accuracy"] <= 1.0
+    assert r["summary"]["rnn_bilstm"]["int8_vs_float32_infer_ratio"] > 0
+    assert r["summary"]["bow"]["int8_vs_float32_infer_ratio"] is None
+
+
+def test_lm_throughput(ptb):
+    r = run_script(
+        "lm_throughput.py", "--data", ptb, "--seconds", 0.4, "--rounds", 1,
+        "--vocab-size", 60, "--width", 16, "--max-eval-tokens", 200,
+    )
+    for key in ("spacy_rnn_train_tokens_per_s", "torch_train_tokens_per_s", "train_ratio",
+                "spacy_rnn_eval_tokens_per_s", "torch_eval_tokens_per_s", "eval_ratio"):
+        assert key in r
+    assert r["torch_train_tokens_per_s"] > 0
+    if r["spacy_rnn_error"] is None:
+        assert r["train_ratio"] > 0 and r["eval_ratio"] > 0
+
+
+def test_profile_textcat():
+    r = run_script(
+        "profile_textcat.py", "--data", REVIEWS, "--max-docs", 40, "--steps", 2,
+        "--batch-size", 8, "--infer-docs", 20, "--top", 5,
+    )
+    for phase in ("train", "infer"):
+        assert r[phase]["top_own_time"]
+        assert "own_time_by_library" in r[phase]
+
+
+def test_quantize_bench(corpus):
+    r = run_script(
+        "quantize_bench.py", "--corpus-dir", corpus, "--seconds", 0.3,
+        "--sparsities", "0.5", "--min-seconds", 0, "--encoder-batches", 1,
+    )
+    assert r["int8_vs_float32_infer_ratio"] > 0
+    assert r["encoder_only"]["int8_vs_float32_speed_ratio"] > 0
+    assert r["prune"]["0.5"]["sparsity_reached"] == pytest.approx(0.5, abs=0.01)

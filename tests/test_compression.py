@@ -1,0 +1,171 @@
+"""``quantize`` and ``prune``: the compressed pipelines load with spacy.load in
+a fresh interpreter, predict close to the original, store no pickles, and
+reach the sparsity asked for."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy
+import pytest
+import spacy
+import srsly
+from safetensors.torch import load as safetensors_load
+from spacy.tokens import DocBin
+from thinc.api import Adam, fix_random_seed
+
+from spacy_rnn.compression.prune import find_targets, prune_pipeline
+from spacy_rnn.compression.quantize import quantize_pipeline
+from spacy_rnn.serialization import _looks_like_pickle
+
+from .util import ROOT, blank_with_textcat, fixture_examples
+
+ENV = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("compression")
+    fix_random_seed(0)
+    nlp = blank_with_textcat(cell="lstm")
+    examples = fixture_examples(nlp)
+    nlp.initialize(lambda: examples)
+    optimizer = Adam(0.01)
+    for _ in range(20):
+        nlp.update(examples, sgd=optimizer)
+    nlp.to_disk(root / "float")
+    DocBin(docs=[eg.reference for eg in examples]).to_disk(root / "eval.spacy")
+    texts = [eg.reference.text for eg in examples] + ["", "ok"]
+    cats = [nlp(t).cats for t in texts]
+    return root, texts, cats
+
+
+def _predict_in_fresh_process(path, texts):
+    # No `import spacy_rnn`: spaCy must find everything through entry points
+    # and the factory's import, as it would for a user.
+    script = (
+        "import json, sys, spacy\n"
+        "nlp = spacy.load(sys.argv[1])\n"
+        "texts = json.loads(sys.stdin.read())\n"
+        "print(json.dumps([nlp(t).cats for t in texts]))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(path)],
+        input=json.dumps(texts), capture_output=True, text=True, env=ENV, cwd=ROOT,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _max_diff(cats_a, cats_b):
+    return max(abs(a[k] - b[k]) for a, b in zip(cats_a, cats_b) for k in a)
+
+
+def _shim_blobs(component_dir):
+    """All safetensors blobs stored for the component's torch shims."""
+    msg = srsly.msgpack_loads((component_dir / "model").read_bytes())
+    blobs = []
+    for node_shims in msg["shims"]:
+        for shim_bytes in node_shims:
+            blobs.append(srsly.msgpack_loads(shim_bytes)["state"])
+    return blobs
+
+
+def test_quantized_pipeline_loads_fresh_and_predicts_close(trained):
+    root, texts, cats = trained
+    _, n = quantize_pipeline(root / "float", root / "int8")
+    assert n == 1
+    config = (root / "int8" / "config.cfg").read_text()
+    assert "spacy-rnn.QuantizedRNNEncoder.v1" in config
+    assert "spacy-rnn.RNNEncoder.v1" not in config
+    q_cats = _predict_in_fresh_process(root / "int8", texts)
+    assert _max_diff(cats, q_cats) < 0.05
+    for a, b in zip(cats, q_cats):
+        assert max(a, key=a.get) == max(b, key=b.get)
+
+
+def test_quantized_weights_are_int8_safetensors(trained):
+    root, _, _ = trained
+    if not (root / "int8").exists():
+        quantize_pipeline(root / "float", root / "int8")
+    blobs = _shim_blobs(root / "int8" / "rnn_textcat")
+    assert len(blobs) == 1
+    assert not _looks_like_pickle(blobs[0])
+    state = safetensors_load(blobs[0])
+    int8 = [k for k, v in state.items() if str(v.dtype) == "torch.int8"]
+    assert len(int8) == 4  # weight_ih and weight_hh, two directions
+    for key in int8:
+        scale = state[key[: -len(".int8")] + ".scale"]
+        assert scale.shape[0] == state[key].shape[0]
+
+
+def test_quantized_resave_is_stable_and_refuses_training(trained):
+    root, texts, _ = trained
+    if not (root / "int8").exists():
+        quantize_pipeline(root / "float", root / "int8")
+    nlp = spacy.load(root / "int8")
+    first = [nlp(t).cats for t in texts]
+    nlp.to_disk(root / "int8-again")
+    again = spacy.load(root / "int8-again")
+    assert _max_diff(first, [again(t).cats for t in texts]) == 0.0
+    examples = fixture_examples(again)
+    with pytest.raises(ValueError, match="inference only"):
+        again.update(examples[:2])
+
+
+def test_quantize_refuses_pipeline_without_rnn(tmp_path):
+    nlp = spacy.blank("en")
+    nlp.add_pipe("sentencizer")
+    nlp.to_disk(tmp_path / "plain")
+    with pytest.raises(ValueError, match="nothing to quantise"):
+        quantize_pipeline(tmp_path / "plain", tmp_path / "out")
+
+
+@pytest.mark.parametrize("scope", ["tensor", "global"])
+def test_pruned_pipeline_reaches_sparsity_and_loads_fresh(trained, scope):
+    root, texts, cats = trained
+    out = root / f"pruned-{scope}"
+    _, report = prune_pipeline(root / "float", out, sparsity=0.5, scope=scope)
+    total = sum(t["size"] for t in report)
+    reached = sum(t["size"] * t["sparsity"] for t in report) / total
+    assert reached == pytest.approx(0.5, abs=0.01)
+    if scope == "tensor":
+        for t in report:
+            assert t["sparsity"] == pytest.approx(0.5, abs=1.0 / t["size"] + 1e-9)
+    # The zeros survive saving and loading.
+    saved = find_targets(spacy.load(out))
+    assert [t.name for t in saved] == [t["name"] for t in report]
+    for target, t in zip(saved, report):
+        assert numpy.mean(target.get() == 0) == pytest.approx(t["sparsity"])
+    p_cats = _predict_in_fresh_process(out, texts)
+    assert _max_diff(cats, p_cats) < 0.3
+    agree = numpy.mean([max(a, key=a.get) == max(b, key=b.get) for a, b in zip(cats, p_cats)])
+    assert agree >= 0.9
+
+
+def test_prune_rejects_bad_sparsity(trained, tmp_path):
+    root, _, _ = trained
+    with pytest.raises(ValueError, match="sparsity"):
+        prune_pipeline(root / "float", tmp_path / "bad", sparsity=1.5)
+
+
+def test_cli_reports_json(trained):
+    root, _, _ = trained
+    for args in (
+        ["quantize", str(root / "float"), str(root / "cli-int8")],
+        ["prune", str(root / "float"), str(root / "cli-pruned"), "--sparsity", "0.3"],
+    ):
+        out = subprocess.run(
+            [sys.executable, "-m", "spacy_rnn", *args, "--eval-data", str(root / "eval.spacy"),
+             "--threads", "1", "--min-seconds", "0"],
+            capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=180,
+        )
+        assert out.returncode == 0, out.stderr
+        report = json.loads(out.stdout)
+        assert report["command"] == args[0]
+        for key in ("size_bytes", "speed_words_per_s", "accuracy", "max_abs_prob_diff"):
+            assert key in report
+        assert report["accuracy"]["change"] is not None
+        if args[0] == "prune":
+            assert report["sparsity_reached"] == pytest.approx(0.3, abs=0.01)
