@@ -17,11 +17,14 @@ PYTHON="${PYTHON:-python3}"
 PY="$VENV/bin/python"
 "$PY" -m pip install --quiet --upgrade pip
 
-# A local wheel (pip's find-links) wins; otherwise PyTorch's CPU index.
-if ! "$PY" -m pip install --quiet --no-index --only-binary=:all: "$TORCH" 2>/dev/null; then
-    if ! "$PY" -m pip install --quiet "$TORCH" --index-url https://download.pytorch.org/whl/cpu; then
-        "$PY" -m pip install --quiet "$TORCH"
-    fi
+# A local CPU wheel (pip's find-links) wins: install it alone first, then
+# let pip add torch's own dependencies from the normal index. Without one,
+# take the CPU build from PyTorch's index.
+if "$PY" -m pip install --quiet --no-index --no-deps --only-binary=:all: "$TORCH" 2>/dev/null; then
+    "$PY" -m pip install --quiet "$TORCH"
+elif ! "$PY" -m pip install --quiet "$TORCH" --index-url https://download.pytorch.org/whl/cpu \
+        --extra-index-url https://pypi.org/simple; then
+    "$PY" -m pip install --quiet "$TORCH"
 fi
 "$PY" -m pip install --quiet -e ".[${EXTRAS}]"
 "$PY" -c "import torch, spacy, thinc, spacy_rnn; print('spacy-rnn', spacy_rnn.__version__, '| spacy', spacy.__version__, '| thinc', thinc.__version__, '| torch', torch.__version__)"
