@@ -1,4 +1,5 @@
 """Hostile input, hostile training, reproducibility and multiprocessing."""
+import os
 import subprocess
 import sys
 
@@ -138,15 +139,19 @@ def test_corrupt_spacy_file_is_a_clear_error(tmp_path):
     assert "E1014" in result.stdout + result.stderr
 
 
-def test_two_processes_match_one(trained_nlp):
-    texts = [t for t in HOSTILE if len(t) < 1000] + ["works great", "broke after two days"] * 8
-    one = [d.cats for d in trained_nlp.pipe(texts, batch_size=4)]
-    two = [d.cats for d in trained_nlp.pipe(texts, batch_size=4, n_process=2)]
-    assert len(one) == len(two)
-    for a, b in zip(one, two):
-        assert a.keys() == b.keys()
-        for k in a:
-            assert a[k] == pytest.approx(b[k], abs=1e-6)
+def test_two_processes_match_one_with_torch_threads_in_use():
+    # Forked workers used to hang once torch's OpenMP pool had run in the
+    # parent (spacy_rnn/_fork.py). Run in a fresh interpreter with 2 torch
+    # threads, and with a timeout, so a regression fails instead of hanging.
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "helpers" / "multiprocess_check.py")],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    diffs = srsly.json_loads(result.stdout.strip().splitlines()[-1])
+    assert diffs["textcat_max_diff"] < 1e-6
+    assert diffs["lm_max_diff"] < 1e-4
 
 
 def test_hostile_text_sweep_language_model():
@@ -163,16 +168,3 @@ def test_hostile_text_sweep_language_model():
         assert numpy.isfinite(doc._.lm_logprob), doc.text[:30]
         assert numpy.isfinite(doc._.lm_perplexity)
         assert all(numpy.isfinite(t._.lm_surprisal) for t in doc)
-
-
-def test_two_processes_match_one_language_model():
-    from .test_language_model import make_lm, stream_corpus, train
-
-    fix_random_seed(0)
-    nlp, lm = make_lm()
-    nlp.initialize(lambda: list(stream_corpus()(nlp)))
-    train(nlp, epochs=1)
-    texts = ["the cat sat on the mat", "a dog", "", "unknown words here"] * 4
-    one = [d._.lm_logprob for d in nlp.pipe(texts, batch_size=3)]
-    two = [d._.lm_logprob for d in nlp.pipe(texts, batch_size=3, n_process=2)]
-    assert numpy.allclose(numpy.asarray(one, dtype="f"), numpy.asarray(two, dtype="f"), atol=1e-5)
