@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -33,3 +35,15 @@ def shared_data():
 @pytest.fixture(scope="session")
 def fixtures_dir():
     return ROOT / "assets" / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def fixture_corpus(tmp_path_factory):
+    """The bundled review fixture converted to train/dev/test .spacy folders."""
+    out = tmp_path_factory.mktemp("fixture_corpus")
+    subprocess.run(
+        [sys.executable, "-m", "spacy_rnn", "convert-amazon",
+         str(ROOT / "assets" / "fixtures" / "reviews_tiny.jsonl"), str(out)],
+        check=True, capture_output=True,
+    )
+    return out

@@ -2,7 +2,6 @@
 configs train end to end on the bundled fixture."""
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import spacy
@@ -22,17 +21,6 @@ def test_config_loads_with_validation(path):
     config = load_config(path)
     nlp = load_model_from_config(config, auto_fill=True, validate=True)
     assert nlp.pipe_names
-
-
-@pytest.fixture(scope="module")
-def fixture_corpus(tmp_path_factory):
-    out = tmp_path_factory.mktemp("corpus")
-    subprocess.run(
-        [sys.executable, "-m", "spacy_rnn", "convert-amazon",
-         str(ROOT / "assets" / "fixtures" / "reviews_tiny.jsonl"), str(out)],
-        check=True, capture_output=True,
-    )
-    return out
 
 
 @pytest.mark.parametrize("name", ["textcat_bilstm.cfg", "textcat_gru.cfg"])

@@ -4,8 +4,6 @@ import sys
 
 import numpy
 import pytest
-import spacy
-import torch
 from thinc.api import Adam, fix_random_seed
 
 from spacy_rnn.optimization.global_norm import clip_global_norm, make_clip_global_norm_callback
@@ -67,13 +65,8 @@ def test_callback_wraps_named_component_and_checks_names():
         make_clip_global_norm_callback(0.5, ["nope"])(nlp)
 
 
-def test_config_setting_trains(tmp_path):
-    corpus = tmp_path / "corpus"
-    subprocess.run(
-        [sys.executable, "-m", "spacy_rnn", "convert-amazon",
-         str(ROOT / "assets" / "fixtures" / "reviews_tiny.jsonl"), str(corpus)],
-        check=True, capture_output=True,
-    )
+def test_config_setting_trains(fixture_corpus, tmp_path):
+    corpus = fixture_corpus
     result = subprocess.run(
         [sys.executable, "-m", "spacy", "train", str(ROOT / "configs" / "textcat_bilstm.cfg"),
          "--output", str(tmp_path / "out"), "--paths.train", str(corpus / "train.spacy"),

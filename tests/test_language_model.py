@@ -403,8 +403,6 @@ def test_activation_regularisation_adds_to_the_loss():
 
 
 def test_regularisers_are_off_at_prediction_time():
-    import torch
-
     fix_random_seed(0)
     nlp, lm = make_lm(weight_drop=0.5, locked_dropout=True, dropout=0.3, embed_dropout=0.3)
     nlp.initialize(lambda: stream_corpus()(nlp))

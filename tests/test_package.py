@@ -3,7 +3,6 @@ wheel in a clean virtual environment (slow: it installs torch and spaCy)."""
 import subprocess
 import sys
 import venv
-from pathlib import Path
 
 import pytest
 from thinc.api import Adam, fix_random_seed

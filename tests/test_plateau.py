@@ -51,13 +51,8 @@ def test_bad_settings(kwargs, message):
         plateau_schedule(0.01, **kwargs)
 
 
-def test_learn_rate_drops_inside_spacy_train(tmp_path):
-    corpus = tmp_path / "corpus"
-    subprocess.run(
-        [sys.executable, "-m", "spacy_rnn", "convert-amazon",
-         str(ROOT / "assets" / "fixtures" / "reviews_tiny.jsonl"), str(corpus)],
-        check=True, capture_output=True,
-    )
+def test_learn_rate_drops_inside_spacy_train(fixture_corpus, tmp_path):
+    corpus = fixture_corpus
     # An impossible improvement threshold makes every evaluation a plateau.
     script = f"""
 import json, spacy_rnn

@@ -17,17 +17,6 @@ SMALL = [
 ]
 
 
-@pytest.fixture(scope="module")
-def fixture_corpus(tmp_path_factory):
-    out = tmp_path_factory.mktemp("corpus")
-    subprocess.run(
-        [sys.executable, "-m", "spacy_rnn", "convert-amazon",
-         str(ROOT / "assets" / "fixtures" / "reviews_tiny.jsonl"), str(out)],
-        check=True, capture_output=True,
-    )
-    return out
-
-
 def _train(corpus, output, *extra):
     return subprocess.run(
         [sys.executable, "-m", "spacy", "train", str(ROOT / "configs" / "textcat_bilstm.cfg"),

@@ -17,17 +17,6 @@ TINY = [
 ]
 
 
-@pytest.fixture(scope="module")
-def fixture_corpus(tmp_path_factory):
-    out = tmp_path_factory.mktemp("corpus")
-    subprocess.run(
-        [sys.executable, "-m", "spacy_rnn", "convert-amazon",
-         str(ROOT / "assets" / "fixtures" / "reviews_tiny.jsonl"), str(out)],
-        check=True, capture_output=True,
-    )
-    return out
-
-
 def test_grid_search_writes_table_log_and_best_config(fixture_corpus, tmp_path):
     space = tmp_path / "space.json"
     space.write_text(json.dumps({

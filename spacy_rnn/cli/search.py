@@ -1,6 +1,4 @@
 from pathlib import Path
-from typing import List, Optional
-
 import typer
 from wasabi import msg
 

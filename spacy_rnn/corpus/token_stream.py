@@ -15,13 +15,16 @@ Two consumers:
   of the same text rather than unrelated one-line docs.
 """
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, List, Tuple, Union
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, List, Tuple, Union
 
 from spacy.tokens import Doc, DocBin
 from spacy.training import Example
 from spacy.util import registry
 
 from .docbin_writer import ShardedDocBinWriter
+
+if TYPE_CHECKING:
+    from spacy.language import Language
 
 EOS = "<eos>"
 UNK = "<unk>"
@@ -211,7 +214,7 @@ def create_token_stream_reader(
     n_streams: int = 20,
     doc_length: int = 35,
     limit: int = 0,
-) -> Callable[["Language"], Iterable[Example]]:  # noqa: F821
+) -> Callable[["Language"], Iterable[Example]]:
     """Read a corpus as one token stream cut into parallel windows.
 
     path (str): A ``.spacy`` file or folder (e.g. from ``convert-stream``),
