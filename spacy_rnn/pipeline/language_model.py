@@ -36,19 +36,14 @@ from spacy.pipeline import TrainablePipe
 from spacy.tokens import Doc, Token
 from spacy.training import Example, validate_examples, validate_get_examples
 from spacy.vocab import Vocab
-from thinc.api import Config, Model, Optimizer, PyTorchShim
+from thinc.api import Config, Model
 from thinc.types import ArgsKwargs
-from thinc.util import torch2xp, xp2torch
 from wasabi import msg
 
 from ..corpus.token_stream import EOS, STREAM_KEY, UNK
 from ..scorers import LM_SCORE_WEIGHTS
-from ..serialization import (
-    FORMAT_TAG,
-    _looks_like_pickle,
-    deserialize_torch_module,
-    serialize_torch_module,
-)
+from ..layers.torch_shim import InPlacePyTorchShim
+from ..serialization import deserialize_torch_module, serialize_torch_module
 from ..torch_modules.language_model import RNNLanguageModel, detach_state
 
 DEFAULT_LM_CONFIG = """
@@ -109,13 +104,6 @@ def _same(a: Any, b: Any) -> bool:
     if isinstance(a, float) or isinstance(b, float):
         return isinstance(a, (int, float)) and isinstance(b, (int, float)) and math.isclose(a, b)
     return a == b
-
-
-def _shares_memory(array, tensor: torch.Tensor) -> bool:
-    try:
-        return int(array.__array_interface__["data"][0]) == tensor.data_ptr()
-    except AttributeError:  # cupy
-        return int(array.data.ptr) == tensor.data_ptr()
 
 
 def _token_surprisal(token: Token) -> Optional[float]:
@@ -225,38 +213,14 @@ def build_lm_model(cfg: Dict[str, Any]) -> Model:
         locked_dropout=cfg.get("locked_dropout", False),
         embed_dropout=cfg.get("embed_dropout", 0.0),
     )
-    shim = PyTorchShim(
+    # In-place optimiser steps: Thinc's own shim grows by one copy of the
+    # weights per step (spacy_rnn/layers/torch_shim.py).
+    shim = InPlacePyTorchShim(
         module,
-        serialize_model=serialize_lm_module,
+        serialize_model=serialize_torch_module,
         deserialize_model=deserialize_torch_module,
     )
     return Model("rnn_lm", _shim_forward, shims=[shim])
-
-
-def serialize_lm_module(module: torch.nn.Module) -> bytes:
-    """``serialize_torch_module``, padded where needed so the blob can never
-    be mistaken for a pickle.
-
-    A safetensors blob starts with its header length (u64, little endian);
-    the loader's pickle sniffing refuses blobs whose first byte is 0x80 (or
-    that start "PK"), which a header of the wrong length produces. Padding
-    the metadata shifts the length out of the way.
-
-    module (torch.nn.Module): The module.
-    RETURNS (bytes): Safetensors bytes that ``deserialize_torch_module`` loads.
-    """
-    data = serialize_torch_module(module)
-    pad = 1
-    while _looks_like_pickle(data):
-        from safetensors.torch import save
-
-        state = {
-            name: tensor.detach().to("cpu").contiguous().clone()
-            for name, tensor in module.state_dict().items()
-        }
-        data = save(state, metadata={"format": FORMAT_TAG, "pad": " " * pad})
-        pad += 1
-    return data
 
 
 def _shim_forward(model: Model, X: ArgsKwargs, is_train: bool):
@@ -445,26 +409,6 @@ class RNNLanguageModelPipe(TrainablePipe):
                 f"build a vocabulary from"
             )
         self.set_words(self.build_vocabulary(counts))
-
-    def finish_update(self, sgd: Optimizer) -> None:
-        """Apply the optimizer to the torch parameters, in place.
-
-        Thinc's ``PyTorchShim.finish_update`` replaces every parameter's
-        ``.data`` with a new tensor on each step; measured here, that grows
-        the process by about one copy of the weights per step (gigabytes
-        within a PTB epoch). Updating the same storage keeps memory flat.
-
-        sgd (Optimizer): The optimizer.
-        """
-        shim = self.model.shims[0]
-        for name, param in self.module.named_parameters():
-            if param.grad is None:
-                continue
-            new, _ = sgd((shim.id, name), torch2xp(param.data), torch2xp(param.grad))
-            with torch.no_grad():
-                if new is not None and not _shares_memory(new, param):
-                    param.copy_(xp2torch(new, device=param.device))
-            param.grad.zero_()
 
     # -- vocabulary ----------------------------------------------------------
 
