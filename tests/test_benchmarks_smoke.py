@@ -103,3 +103,16 @@ def test_quantize_bench(corpus):
     assert r["int8_vs_float32_infer_ratio"] > 0
     assert r["encoder_only"]["int8_vs_float32_speed_ratio"] > 0
     assert r["prune"]["0.5"]["sparsity_reached"] == pytest.approx(0.5, abs=0.01)
+
+
+def test_memory_growth(ptb):
+    r = run_script(
+        "memory_growth.py", "--steps", 4, "--every", 2, "--reviews", REVIEWS,
+        "--ptb", ptb, "--lm-width", 16,
+    )
+    runs = {(run["model"], run["shim"]) for run in r["runs"]}
+    assert runs == {(m, s) for m in ("textcat", "lm") for s in ("spacy_rnn", "thinc_stock")}
+    for run in r["runs"]:
+        assert [p[0] for p in run["rss_mb_curve"]] == [2, 4]
+        assert all(p[1] > 0 for p in run["rss_mb_curve"])
+        assert run["growth_mb_per_1000_steps"] is not None

@@ -72,3 +72,25 @@ def test_mixed_precision_encoder_runs():
     assert [y.shape for y in Ys] == [(5, 32), (0, 32), (9, 32)]
     dXs = backprop([ops.xp.ones_like(y) for y in Ys])
     assert [d.shape for d in dXs] == [(5, 32), (0, 32), (9, 32)]
+
+
+def test_torch_adam_step_on_cuda_matches_cpu():
+    pytest.importorskip("cupy")
+    from thinc.api import Adam
+
+    from spacy_rnn.optimization.torch_adam import thinc_adam_step
+
+    torch.manual_seed(0)
+    cpu = torch.nn.LSTM(8, 6)
+    gpu = torch.nn.LSTM(8, 6)
+    gpu.load_state_dict(cpu.state_dict())
+    gpu.cuda()
+    opt_cpu, opt_gpu = Adam(0.01, grad_clip=0.5), Adam(0.01, grad_clip=0.5)
+    for step in range(5):
+        for a, b in zip(cpu.parameters(), gpu.parameters()):
+            a.grad = torch.randn(a.shape)
+            b.grad = a.grad.cuda()
+        assert thinc_adam_step(opt_cpu, 1, list(cpu.named_parameters()), {})
+        assert thinc_adam_step(opt_gpu, 1, list(gpu.named_parameters()), {})
+    for a, b in zip(cpu.parameters(), gpu.parameters()):
+        assert torch.allclose(a.detach(), b.detach().cpu(), atol=1e-5)

@@ -83,7 +83,12 @@ def forward(model: Model[InT, OutT], Xs: InT, is_train: bool) -> Tuple[OutT, Cal
         # Nothing to encode; keep torch out of it so empty batches cost nothing.
         Ys = [model.ops.alloc2f(0, nO) for _ in Xs]
         return Ys, lambda dYs: [model.ops.alloc2f(0, nI) for _ in dYs]
-    flat = model.ops.flatten(Xs, pad=0)
+    if not is_train and len(Xs) == 1:
+        # One doc in inference (a long doc, typically): encode its matrix
+        # itself rather than a flattened copy of it.
+        flat = model.ops.xp.ascontiguousarray(Xs[0])
+    else:
+        flat = model.ops.flatten(Xs, pad=0)
     if flat.shape[1] != nI:
         raise ValueError(
             f"spacy-rnn.RNNEncoder: expected {nI}-wide input vectors, got "

@@ -1,17 +1,20 @@
 """``rnn_textcat`` and ``rnn_textcat_multilabel``: spaCy's own text
 categorisers with a recurrent model as their default.
 
-No new component class: spaCy's ``TextCategorizer`` and
-``MultiLabel_TextCategorizer`` already do labels, losses, scoring and
-serialisation; only the default model differs.
+spaCy's ``TextCategorizer`` and ``MultiLabel_TextCategorizer`` do labels,
+losses, scoring and serialisation. The thin subclasses here add one check:
+spaCy silently ignores a gold label in ``update`` that the component was not
+initialised with (the model never learns it, and nothing says so); ours
+raise a ``ValueError`` that names the label, the known labels and the doc.
 """
-from typing import Callable, List, Optional
+from typing import Callable, Dict, Iterable, List, Optional
 
 from spacy.language import Language
 from spacy.pipeline.textcat import TextCategorizer
 from spacy.pipeline.textcat_multilabel import MultiLabel_TextCategorizer
 from spacy.tokens import Doc
-from thinc.api import Config, Model
+from spacy.training import Example
+from thinc.api import Config, Model, Optimizer
 from thinc.types import Floats2d
 
 DEFAULT_RNN_TEXTCAT_MODEL_CONFIG = """
@@ -50,6 +53,80 @@ DEFAULT_RNN_TEXTCAT_MULTILABEL_MODEL = Config().from_str(
         "exclusive_classes = true", "exclusive_classes = false"
     )
 )["model"]
+
+class UnknownLabelError(ValueError):
+    """A gold ``doc.cats`` label that the component was not initialised with."""
+
+
+def check_known_labels(component, examples: Iterable[Example]) -> None:
+    """Raise ``UnknownLabelError`` if any reference doc has a category that
+    ``component`` does not know, naming the first such doc.
+
+    component: A text categoriser (anything with ``labels`` and ``name``).
+    examples (Iterable[Example]): The batch, as given to ``update``.
+    """
+    known = set(component.labels)
+    for i, eg in enumerate(examples):
+        unknown = [label for label in eg.reference.cats if label not in known]
+        if not unknown:
+            continue
+        text = eg.reference.text
+        snippet = text[:50] + ("..." if len(text) > 50 else "")
+        raise UnknownLabelError(
+            f"Component '{component.name}' ({type(component).__name__}): the gold "
+            f"doc.cats of doc {i} in the batch ({snippet!r}) has label(s) "
+            f"{', '.join(repr(u) for u in sorted(unknown))} that the component was "
+            f"not initialised with; known labels: "
+            f"{', '.join(repr(k) for k in component.labels) or '(none)'}. spaCy would "
+            f"silently ignore them. Add the label before initialize "
+            f"(nlp.get_pipe('{component.name}').add_label(...), or "
+            f"[initialize.components.{component.name}.labels] in the config), or "
+            f"include it in the training data that initialize reads."
+        )
+
+
+class RNNTextCategorizer(TextCategorizer):
+    """spaCy's ``TextCategorizer`` that refuses gold labels it does not know."""
+
+    def update(
+        self,
+        examples: Iterable[Example],
+        *,
+        drop: float = 0.0,
+        sgd: Optional[Optimizer] = None,
+        losses: Optional[Dict[str, float]] = None,
+    ) -> Dict[str, float]:
+        examples = list(examples)
+        check_known_labels(self, examples)
+        return super().update(examples, drop=drop, sgd=sgd, losses=losses)
+
+    def get_loss(self, examples: Iterable[Example], scores):
+        examples = list(examples)
+        check_known_labels(self, examples)
+        return super().get_loss(examples, scores)
+
+
+class RNNMultiLabelTextCategorizer(MultiLabel_TextCategorizer):
+    """spaCy's ``MultiLabel_TextCategorizer`` that refuses gold labels it does
+    not know (a label it knows may still be missing from a doc's cats)."""
+
+    def update(
+        self,
+        examples: Iterable[Example],
+        *,
+        drop: float = 0.0,
+        sgd: Optional[Optimizer] = None,
+        losses: Optional[Dict[str, float]] = None,
+    ) -> Dict[str, float]:
+        examples = list(examples)
+        check_known_labels(self, examples)
+        return super().update(examples, drop=drop, sgd=sgd, losses=losses)
+
+    def get_loss(self, examples: Iterable[Example], scores):
+        examples = list(examples)
+        check_known_labels(self, examples)
+        return super().get_loss(examples, scores)
+
 
 TEXTCAT_SCORE_WEIGHTS = {
     "cats_score": 1.0,
@@ -90,9 +167,10 @@ def make_rnn_textcat(
     model (Model[List[Doc], Floats2d]): The classification model.
     threshold (float): Unused for exclusive classes; kept for spaCy's API.
     scorer (Optional[Callable]): The scoring method.
-    RETURNS (TextCategorizer): spaCy's text categoriser.
+    RETURNS (TextCategorizer): spaCy's text categoriser (a subclass that
+        refuses unknown gold labels in ``update``).
     """
-    return TextCategorizer(nlp.vocab, model, name, threshold=threshold, scorer=scorer)
+    return RNNTextCategorizer(nlp.vocab, model, name, threshold=threshold, scorer=scorer)
 
 
 @Language.factory(
@@ -120,8 +198,9 @@ def make_rnn_textcat_multilabel(
     model (Model[List[Doc], Floats2d]): The classification model.
     threshold (float): Probability above which a label counts as present.
     scorer (Optional[Callable]): The scoring method.
-    RETURNS (MultiLabel_TextCategorizer): spaCy's multi-label categoriser.
+    RETURNS (MultiLabel_TextCategorizer): spaCy's multi-label categoriser (a
+        subclass that refuses unknown gold labels in ``update``).
     """
-    return MultiLabel_TextCategorizer(
+    return RNNMultiLabelTextCategorizer(
         nlp.vocab, model, name, threshold=threshold, scorer=scorer
     )

@@ -11,6 +11,12 @@ default here keeps one single-layer module per direction and layer, and runs
 the backward direction as a forward pass over each sequence reversed inside
 its own length: the padding then trails every sequence in both directions and
 can never leak into a real position.
+
+Long sequences in inference are encoded in chunks of ``inference_chunk``
+time steps per layer and direction, carrying the recurrent state from one
+chunk to the next (the right-to-left direction walks its chunks from the
+end), so memory for the recurrent kernels' work space is bounded by the
+chunk, not the doc, and the outputs are the same as unchunked encoding.
 """
 from typing import List, Optional, Sequence, Tuple
 
@@ -27,6 +33,11 @@ METHODS = ("auto", "reverse", "packed")
 # bucket saves padded compute but pays this overhead for each of its steps.
 # Measured on a 2-core CPU with a 128-wide BiLSTM (benchmarks/encoder_speed.py).
 DEFAULT_BUCKET_OVERHEAD = 4.0
+
+# Time steps per recurrent call when encoding long sequences in inference
+# (benchmarks/long_doc_memory.py): short enough that a call's work space is
+# small, long enough that the per-call overhead does not matter.
+DEFAULT_INFERENCE_CHUNK = 4096
 
 
 class RNNStack(nn.Module):
@@ -53,6 +64,11 @@ class RNNStack(nn.Module):
     output_dropout (float): Dropout on the stack's output.
     weight_drop (float): DropConnect on the hidden-to-hidden weights
         (Merity et al. 2018): one mask per forward call, shared by all steps.
+    inference_chunk (int): In inference (``eval()`` mode and no autograd),
+        run sequences longer than this many steps in chunks of this length,
+        carrying the state across chunks: the same outputs, with memory for
+        the recurrent kernels bounded by the chunk. 0 disables chunking. Not
+        part of the saved state; change it on a loaded module freely.
     """
 
     def __init__(
@@ -72,6 +88,7 @@ class RNNStack(nn.Module):
         input_dropout: float = 0.0,
         output_dropout: float = 0.0,
         weight_drop: float = 0.0,
+        inference_chunk: int = DEFAULT_INFERENCE_CHUNK,
     ):
         super().__init__()
         check_rnn_settings(
@@ -91,6 +108,12 @@ class RNNStack(nn.Module):
         ):
             if not 0.0 <= rate < 1.0:
                 raise ValueError(f"RNN {name} must be in [0, 1), got {rate}")
+        if inference_chunk < 0:
+            raise ValueError(
+                f"RNN inference_chunk must be 0 (off) or a positive number of "
+                f"steps, got {inference_chunk}"
+            )
+        self.inference_chunk = int(inference_chunk)
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.depth = depth
@@ -174,6 +197,8 @@ class RNNStack(nn.Module):
         # needs the order anyway.
         order = numpy.argsort(-lengths_np, kind="stable")
         order = order[lengths_np[order] > 0]
+        if self._inference():
+            return self._forward_lean(flat, lengths_np, starts, order)
         padded_flat = torch.cat([flat, flat.new_zeros((1, flat.shape[1]))], dim=0)
         outputs = []
         out_positions = []
@@ -196,6 +221,48 @@ class RNNStack(nn.Module):
         inverse[positions] = numpy.arange(len(positions))
         return Y_sorted[torch.as_tensor(inverse, device=flat.device)]
 
+    def _inference(self) -> bool:
+        return not self.training and not torch.is_grad_enabled()
+
+    def _forward_lean(self, flat, lengths_np, starts, order) -> torch.Tensor:
+        """``forward`` without autograd: the same buckets and the same
+        padded calls, but a lone sequence is a view of ``flat`` rather than
+        a gathered copy, and each bucket's rows are written straight into
+        the output instead of being concatenated and reordered."""
+        n_rows = flat.shape[0]
+        buckets = plan_buckets(lengths_np[order], self.bucket_overhead)
+        if len(order) == 1 and int(lengths_np[order[0]]) == n_rows:
+            # One doc: its output is the whole result, no copy at all.
+            return self.forward_padded(flat.unsqueeze(0), [n_rows])[0]
+        padded_flat = None
+        out = None
+        for bucket in buckets:
+            seqs = order[bucket[0] : bucket[1]]
+            b_lengths = lengths_np[seqs]
+            if len(seqs) == 1:
+                start, length = int(starts[seqs[0]]), int(b_lengths[0])
+                Y = self.forward_padded(flat[start : start + length].unsqueeze(0), [length])
+                rows = Y[0]
+                target = slice(start, start + length)
+            else:
+                if padded_flat is None:
+                    padded_flat = torch.cat([flat, flat.new_zeros((1, flat.shape[1]))], dim=0)
+                T = int(b_lengths[0])
+                steps = numpy.arange(T)
+                valid = steps[None, :] < b_lengths[:, None]
+                gather = numpy.where(valid, starts[seqs][:, None] + steps[None, :], n_rows)
+                X = padded_flat[torch.as_tensor(gather, device=flat.device)]
+                Y = self.forward_padded(X, b_lengths.tolist())
+                del X
+                valid_t = torch.as_tensor(valid.reshape(-1), device=flat.device)
+                rows = Y.reshape(-1, self.hidden_size)[valid_t]
+                target = torch.as_tensor(gather[valid], device=flat.device)
+            if out is None:
+                out = rows.new_empty((n_rows, self.hidden_size))
+            out[target] = rows
+            del Y, rows
+        return out
+
     def forward_padded(self, X: torch.Tensor, lengths: List[int]) -> torch.Tensor:
         """Encode a padded, batch-first tensor whose lengths are sorted
         longest first.
@@ -205,6 +272,9 @@ class RNNStack(nn.Module):
         RETURNS (torch.Tensor): (batch, time, hidden_size); padded positions
             hold unspecified values.
         """
+        chunk = self.inference_chunk
+        if chunk and X.shape[1] > chunk and self._inference():
+            return self._forward_padded_chunked(X, lengths, chunk)
         method = self.method
         if method == "auto":
             method = "packed" if X.is_cuda else "reverse"
@@ -220,6 +290,54 @@ class RNNStack(nn.Module):
                 Y = torch.cat([Y, _reverse_within(Y_rev, reverse_index)], dim=-1)
             X = self._after_layer(i, X, Y)
         return self._drop(X, self.output_dropout)
+
+    def _forward_padded_chunked(
+        self, X: torch.Tensor, lengths: List[int], chunk: int
+    ) -> torch.Tensor:
+        """``forward_padded`` in inference, ``chunk`` time steps per call.
+
+        Each layer and direction runs over the chunks in order, passing its
+        final state into the next call: the left-to-right direction from the
+        start, the right-to-left one over each sequence reversed inside its
+        own length (so from its end), gathering and scattering one chunk at
+        a time. Padding trails every sequence in both directions, so valid
+        positions never see it, exactly as in the unchunked pass. Dropout is
+        off (inference), so only residual and layer norm follow each layer;
+        both act position by position and are applied chunk by chunk too.
+        """
+        B, T = X.shape[0], X.shape[1]
+        per_dir = self.hidden_size // self.dirs
+        L = torch.as_tensor(lengths, device=X.device).view(B, 1)
+        spans = [(t0, min(t0 + chunk, T)) for t0 in range(0, T, chunk)]
+        for i in range(self.depth):
+            Y = None
+            state = None
+            for t0, t1 in spans:
+                y, state = self._call_rnn(self.fwd[i], X[:, t0:t1], state)
+                if Y is None:
+                    Y = y.new_empty((B, T, self.hidden_size))
+                Y[:, t0:t1, :per_dir] = y
+            if self.bidirectional:
+                state = None
+                Y_bwd = Y[:, :, per_dir:]
+                for s0, s1 in spans:
+                    s = torch.arange(s0, s1, device=X.device).view(1, -1)
+                    index = torch.where(s < L, L - 1 - s, s)
+                    x = torch.gather(X, 1, index.unsqueeze(-1).expand(-1, -1, X.shape[-1]))
+                    y, state = self._call_rnn(self.bwd[i], x, state)
+                    Y_bwd.scatter_(1, index.unsqueeze(-1).expand(-1, -1, per_dir), y)
+            del state
+            if (self.residual and X.shape[-1] == Y.shape[-1]) or len(self.norms):
+                Z = None
+                for t0, t1 in spans:
+                    z = self._after_layer(i, X[:, t0:t1], Y[:, t0:t1])
+                    if Z is None:
+                        # In place when the dtype allows (always in float32).
+                        Z = Y if z.dtype == Y.dtype else z.new_empty((B, T, self.hidden_size))
+                    Z[:, t0:t1] = z
+                Y = Z
+            X = Y
+        return X
 
     def forward_stream(
         self, X: torch.Tensor, state: Optional[List] = None
