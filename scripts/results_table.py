@@ -9,7 +9,8 @@ per file, named after the file (the workflows use one run name for
 ``metrics/<run>.json``, ``training/<run>/`` and ``plots/<run>.png``); a glob such as ``metrics/*.json`` is
 expanded here, since weasel runs scripts without a shell. The run's training
 log, ``training/<run>/train_log.jsonl``, adds its step count and best dev
-score where it exists.
+score where it exists, and for a language model the dev perplexity at that
+best step.
 """
 import argparse
 import glob
@@ -29,6 +30,7 @@ COLUMNS = (
     "test tokens",
     "train steps",
     "best dev score",
+    "best dev perplexity",
 )
 
 
@@ -55,7 +57,13 @@ def _train_log_summary(run: str, training_dir: Path) -> Dict[str, str]:
     if not records:
         return {}
     best = max(records, key=lambda r: r.get("score", float("-inf")))
-    return {"train steps": str(records[-1]["step"]), "best dev score": _fmt(best.get("score"))}
+    summary = {"train steps": str(records[-1]["step"]), "best dev score": _fmt(best.get("score"))}
+    # An LM's dev score is 1 / perplexity; its perplexity is clearer.
+    # spacy.ConsoleLogger.v2 logs every score times 100.
+    ppl = best.get("scores", {}).get("lm_ppl")
+    if ppl is not None:
+        summary["best dev perplexity"] = _fmt(ppl / 100, 2)
+    return summary
 
 
 def metrics_row(path: Path, training_dir: Path) -> Dict[str, str]:

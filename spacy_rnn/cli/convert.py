@@ -27,3 +27,31 @@ def convert_amazon_cli(
     except (ValueError, FileNotFoundError) as err:
         msg.fail(str(err), exits=1)
     msg.good(f"Wrote {counts} docs to {output_dir}")
+
+
+@app.command("convert-blitzer")
+def convert_blitzer_cli(
+    tarball: Path = typer.Argument(..., help="Multi-Domain Sentiment tarball (unprocessed.tar.gz, or another with <dir>/<domain>/{positive,negative}.review members)"),
+    output_jsonl: Path = typer.Argument(..., help="JSON lines file to write (the input of convert-amazon)"),
+    domains: str = typer.Option("", "--domains", help="Comma-separated domain folders to keep, e.g. books,dvd,electronics,kitchen_&_housewares (default: all)"),
+    decoding: str = typer.Option("cp1252", "--decoding", help="cp1252: UTF-8, else Windows-1252 per line; utf8-replace: U+FFFD for invalid bytes, as in the project's shared reviews.jsonl"),
+    corpus_dir: Optional[Path] = typer.Option(None, "--corpus-dir", help="Also write train/dev/test .spacy corpora here (convert-amazon's fixed split)"),
+    lang: str = typer.Option("en", "--lang", help="Language of the blank tokenizer (with --corpus-dir)"),
+):
+    """Convert the raw pseudo-XML reviews of the Multi-Domain Sentiment
+    tarball (positive.review/negative.review of each domain) into reviews
+    JSON lines, streaming the tarball. Nothing is written on error."""
+    from ..corpus.blitzer import convert_blitzer
+
+    wanted = [d.strip() for d in domains.split(",") if d.strip()] or None
+    try:
+        counts = convert_blitzer(
+            tarball, output_jsonl, domains=wanted, decoding=decoding, corpus_dir=corpus_dir, lang=lang
+        )
+    except (ValueError, FileNotFoundError) as err:
+        msg.fail(str(err), exits=1)
+    groups = {k: v for k, v in counts.items() if "/" in k}
+    msg.good(f"Wrote {sum(groups.values())} reviews to {output_jsonl}: {groups}")
+    if corpus_dir is not None:
+        splits = {k: v for k, v in counts.items() if "/" not in k}
+        msg.good(f"Wrote {splits} docs to {corpus_dir}")

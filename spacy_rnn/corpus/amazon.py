@@ -4,7 +4,8 @@
 Two sources share one code path:
 
 * the Multi-Domain Sentiment reviews (Blitzer et al. 2007) as a local JSON
-  lines file with ``label`` ("positive"/"negative"), ``title`` and ``text``;
+  lines file with ``label`` ("positive"/"negative"), ``title`` and ``text``
+  (``blitzer.py`` makes one from the raw tarball);
 * ``amazon_polarity`` from the Hugging Face hub (``label`` 0/1, ``title``,
   ``content``), streamed, with ``max_examples`` to subsample its 3.6M reviews.
 
@@ -15,7 +16,7 @@ rest train. It does not depend on file order, so it is reproducible.
 import json
 import zlib
 from pathlib import Path
-from typing import Dict, Iterator, Optional, Tuple
+from typing import Dict, Iterable, Iterator, Optional, Tuple
 
 import spacy
 from wasabi import msg
@@ -111,6 +112,29 @@ def convert_amazon(
 
     RETURNS (Dict[str, int]): Number of docs written per split.
     """
+    return write_corpora(
+        iter_reviews(source, hub_split=hub_split, revision=revision),
+        output_dir,
+        max_examples=max_examples,
+        lang=lang,
+        shard_size=shard_size,
+    )
+
+
+def write_corpora(
+    reviews: Iterable[Tuple[str, str, str]],
+    output_dir: Path,
+    *,
+    max_examples: int = 0,
+    lang: str = "en",
+    shard_size: int = 5000,
+) -> Dict[str, int]:
+    """Write (key, text, label) triples into ``output_dir/{train,dev,test}.spacy``
+    with the fixed CRC32 split. Nothing is replaced unless every review is
+    written (see ``ShardedDocBinWriter``).
+
+    RETURNS (Dict[str, int]): Number of docs written per split.
+    """
     nlp = spacy.blank(lang)
     output_dir = Path(output_dir)
     writers = {s: ShardedDocBinWriter(output_dir / f"{s}.spacy", shard_size) for s in SPLITS}
@@ -118,9 +142,7 @@ def convert_amazon(
         w.__enter__()
     error = None
     try:
-        for i, (key, text, label) in enumerate(
-            iter_reviews(source, hub_split=hub_split, revision=revision)
-        ):
+        for i, (key, text, label) in enumerate(reviews):
             if max_examples and i >= max_examples:
                 break
             doc = nlp.make_doc(text)
