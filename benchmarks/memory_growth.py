@@ -37,8 +37,12 @@ def parse_args(argv=None):
     p.add_argument("--ptb", type=Path, default=_common.DEFAULT_PTB)
     p.add_argument("--models", default="textcat,lm")
     p.add_argument("--lm-width", type=int, default=200, help="rnn_lm embedding and LSTM width")
-    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--stock-shim", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--child", default=None, choices=["textcat", "lm"],
+                   help="run one model in this process and print its JSON (what the parent runs)")
+    p.add_argument("--stock-shim", action="store_true",
+                   help="with --child: put Thinc's PyTorchShim.finish_update back")
+    p.add_argument("--malloc-trim-every", type=int, default=0,
+                   help="with --child: call glibc's malloc_trim(0) every N steps (0: never)")
     _common.add_common_args(p)
     return p.parse_args(argv)
 
@@ -122,9 +126,16 @@ def run_child(args) -> dict:
     if args.stock_shim:
         _use_stock_shim(nlp)
     optimizer = Adam(0.001)
+    trim = None
+    if args.malloc_trim_every:
+        import ctypes
+
+        trim = ctypes.CDLL("libc.so.6").malloc_trim
     curve = []
     for step in range(1, args.steps + 1):
         nlp.update(next(batches), sgd=optimizer, losses={})
+        if trim is not None and step % args.malloc_trim_every == 0:
+            trim(0)
         if step % args.every == 0:
             curve.append([step, round(current_rss_mb(), 1)])
             if curve[-1][1] > args.max_rss_mb:
@@ -144,6 +155,7 @@ def run_child(args) -> dict:
     return {
         "model": args.child,
         "shim": "thinc_stock" if args.stock_shim else "spacy_rnn",
+        "malloc_trim_every": args.malloc_trim_every,
         "torch_params": n_params,
         "steps_run": last_step,
         "stopped_at_rss_limit": last_step < args.steps,
