@@ -169,3 +169,80 @@ def test_cli_reports_json(trained):
         assert report["accuracy"]["change"] is not None
         if args[0] == "prune":
             assert report["sparsity_reached"] == pytest.approx(0.3, abs=0.01)
+
+
+def _zeros_kept(pruned_dir, finetuned_targets):
+    """Every weight that pruning zeroed is still zero, and fine-tuning moved
+    some of the others."""
+    moved = False
+    for before, after in zip(find_targets(spacy.load(pruned_dir)), finetuned_targets):
+        a, b = before.get(), after.get()
+        assert numpy.all(b[a == 0] == 0), before.name
+        moved = moved or not numpy.array_equal(a[a != 0], b[a != 0])
+    return moved
+
+
+def test_finetune_after_prune_keeps_zeros_and_loads(trained, tmp_path):
+    from spacy_rnn.compression.prune import prune_and_finetune
+
+    root, texts, _ = trained
+    plain, _ = prune_pipeline(root / "float", tmp_path / "plain", sparsity=0.5)
+    nlp, report, finetune = prune_and_finetune(
+        root / "float", tmp_path / "tuned", sparsity=0.5, finetune_steps=6,
+        train_data=root / "eval.spacy", dev_data=root / "eval.spacy", learn_rate=0.01,
+    )
+    assert finetune["steps"] == 6 and len(finetune["loss"]) >= 1
+    for stage in ("unpruned", "pruned", "finetuned"):
+        assert "cats_score" in finetune[stage]
+    assert finetune["change"]["cats_score"] == pytest.approx(
+        finetune["finetuned"]["cats_score"] - finetune["pruned"]["cats_score"])
+    loaded = spacy.load(tmp_path / "tuned")
+    assert _zeros_kept(tmp_path / "plain", find_targets(loaded))
+    for target, t in zip(find_targets(loaded), report):
+        assert numpy.mean(target.get() == 0) >= t["sparsity"]
+    assert set(loaded("great value").cats) == set(plain("great value").cats)
+    assert len(_predict_in_fresh_process(tmp_path / "tuned", texts)) == len(texts)
+
+
+def test_finetune_needs_train_data(trained, tmp_path):
+    from spacy_rnn.compression.prune import prune_and_finetune
+
+    root, _, _ = trained
+    with pytest.raises(ValueError, match="--train-data"):
+        prune_and_finetune(root / "float", tmp_path / "x", finetune_steps=3)
+
+
+def test_cli_finetunes_a_pruned_language_model(tmp_path):
+    """An LM trained by the shipped config, pruned and fine-tuned on a token
+    file through its own stream reader; the report has the perplexities."""
+    stream = ROOT / "assets" / "fixtures" / "stream_tiny.txt"
+    result = subprocess.run(
+        [sys.executable, "-m", "spacy", "train", str(ROOT / "configs" / "lm_ptb_cpu.cfg"),
+         "--output", str(tmp_path / "lm"), "--paths.train", str(stream), "--paths.dev", str(stream),
+         "--training.max_steps", "12", "--training.eval_frequency", "6",
+         "--components.lm.vocab_size", "20", "--components.lm.cutoffs", "[8, 14]",
+         "--components.lm.embed_width", "16", "--components.lm.hidden_width", "16",
+         "--corpora.train.n_streams", "4", "--training.batcher.size", "4"],
+        capture_output=True, text=True, env=ENV,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    out = subprocess.run(
+        [sys.executable, "-m", "spacy_rnn", "prune", str(tmp_path / "lm" / "model-last"),
+         str(tmp_path / "pruned"), "--sparsity", "0.5", "--rnn-only",
+         "--finetune-steps", "8", "--train-data", str(stream), "--dev-data", str(stream),
+         "--finetune-lr", "0.01", "--threads", "1", "--min-seconds", "0"],
+        capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout)
+    ft = report["finetune"]
+    assert ft["dev_docs"] > 0
+    for stage in ("unpruned", "pruned", "finetuned"):
+        assert ft[stage]["lm_ppl"] > 1
+    # Fine-tuning on the dev text itself lowers its perplexity.
+    assert ft["change"]["lm_ppl"] < 0
+    assert report["sparsity_reached"] == pytest.approx(0.5, abs=0.01)
+    nlp = spacy.load(tmp_path / "pruned")
+    assert nlp("the cat")._.lm_perplexity > 1
+    for target, t in zip(find_targets(nlp), report["tensors"]):
+        assert numpy.mean(target.get() == 0) == pytest.approx(t["sparsity"])

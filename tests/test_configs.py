@@ -72,3 +72,31 @@ def test_static_vectors_feed_the_encoder(fixture_corpus, glove_vectors, tmp_path
     nlp.vocab.vectors.data[:] = 0
     after = nlp("the movie was good").cats
     assert before != after
+
+
+LM_CONFIGS = [p for p in CONFIGS if p.name.startswith("lm_")]
+
+
+@pytest.mark.parametrize("path", LM_CONFIGS, ids=lambda p: p.name)
+def test_lm_config_trains_on_fixture(path, tmp_path):
+    """Every LM config, the GPU ones included, trains a few steps on CPU with
+    its own settings except sizes (so a GPU config is known to run before
+    anyone spends GPU time on it)."""
+    stream = tmp_path / "stream.spacy"
+    subprocess.run(
+        [sys.executable, "-m", "spacy_rnn", "convert-stream",
+         str(ROOT / "assets" / "fixtures" / "stream_tiny.txt"), str(stream)],
+        check=True, capture_output=True,
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "spacy", "train", str(path), "--output", str(tmp_path / "out"),
+         "--paths.train", str(stream), "--paths.dev", str(stream),
+         "--training.max_steps", "4", "--training.eval_frequency", "2",
+         "--components.lm.embed_width", "16", "--components.lm.hidden_width", "16",
+         "--components.lm.vocab_size", "12000"],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    nlp = spacy.load(tmp_path / "out" / "model-last")
+    doc = nlp("the cat sat on the mat")
+    assert doc._.lm_perplexity is not None and doc._.lm_perplexity > 1.0

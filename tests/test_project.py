@@ -74,8 +74,16 @@ def reads_writes(line: str) -> Tuple[List[str], List[str]]:
         if (module, sub) == ("spacy_rnn", "convert-amazon"):
             source = [] if pos[0] == "amazon_polarity" else [pos[0]]  # a hub id
             return source, [f"{pos[1]}/{s}.spacy" for s in ("train", "dev", "test")]
+        if (module, sub) == ("spacy_rnn", "convert-blitzer"):
+            writes = [pos[1]]
+            if "--corpus-dir" in opt:
+                writes += [f"{opt['--corpus-dir']}/{s}.spacy" for s in ("train", "dev", "test")]
+            return [pos[0]], writes
         if (module, sub) == ("spacy_rnn", "convert-stream"):
             return [pos[0]], [pos[1]]
+        if (module, sub) == ("spacy_rnn", "ablate"):
+            reads = [pos[0], pos[1], opt["--paths.train"], opt["--paths.dev"]]
+            return reads, [opt["--table"], f"{pos[2]}/results.md", f"{pos[2]}/results.jsonl"]
         if (module, sub) == ("spacy_rnn", "evaluate-lm"):
             return [pos[0], pos[1]], [opt["--output"]]
         if (module, sub) == ("spacy", "train"):
@@ -207,6 +215,14 @@ def test_amazon_max_steps_defaults_to_config(tmp_path):
     assert config["vars"]["max_steps"] == cfg["training"]["max_steps"]
 
 
+def test_wikitext2_max_steps_defaults_to_config(tmp_path):
+    # vars.wikitext2_max_steps overrides training.max_steps of train-wikitext2;
+    # by default the released config's budget is kept.
+    config = load_project(tmp_path)
+    cfg = spacy.util.load_config(ROOT / "configs" / config["vars"]["wikitext2_config"], interpolate=False)
+    assert config["vars"]["wikitext2_max_steps"] == cfg["training"]["max_steps"]
+
+
 def test_asset_checksums_are_md5(tmp_path):
     config = load_project(tmp_path)
     for asset in config["assets"]:
@@ -253,6 +269,19 @@ def test_results_table_rows(tmp_path):
     bad.write_text("{}")
     with pytest.raises(ValueError, match="bad.json"):
         results_table.metrics_row(bad, tmp_path)
+
+
+def test_results_table_adds_lm_dev_perplexity(tmp_path):
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "ptb.json").write_text(json.dumps({"tokens": 82430, "nll": 4.9, "perplexity": 134.0}))
+    (tmp_path / "training" / "ptb").mkdir(parents=True)
+    # spacy.ConsoleLogger.v2 logs scores times 100.
+    (tmp_path / "training" / "ptb" / "train_log.jsonl").write_text(
+        '{"step": 500, "scores": {"lm_score": 0.5, "lm_ppl": 20000.0}, "score": 0.005}\n'
+        '{"step": 1000, "scores": {"lm_score": 0.7, "lm_ppl": 13938.51}, "score": 0.0072}\n'
+    )
+    row = results_table.metrics_row(tmp_path / "metrics" / "ptb.json", tmp_path / "training")
+    assert row["best dev perplexity"] == "139.39" and row["train steps"] == "1000"
 
 
 def _weasel(project_dir: Path, *args: str) -> subprocess.CompletedProcess:

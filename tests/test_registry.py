@@ -18,6 +18,7 @@ GROUPS = {
     "spacy_loggers": "loggers",
     "spacy_callbacks": "callbacks",
     "thinc_schedules": "schedules",
+    "thinc_optimizers": "optimizers",
 }
 
 

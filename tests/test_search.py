@@ -98,3 +98,41 @@ def test_shipped_ablation_variants_load():
 
     variants = load_variants(ROOT / "configs" / "search" / "textcat_ablation.json")
     assert "baseline" in variants and len(variants) > 5
+
+
+def test_ablation_over_seeds_reports_mean_and_std(fixture_corpus, tmp_path):
+    variants = tmp_path / "variants.json"
+    variants.write_text(json.dumps({
+        "baseline": {},
+        "gru": {"components.textcat.model.tok2vec.encode.cell": "gru"},
+        "broken": {"components.textcat.model.tok2vec.encode.cell": "transformer"},
+    }))
+    out = tmp_path / "ablation"
+    table = tmp_path / "metrics" / "ablation.md"
+    result = subprocess.run(
+        [sys.executable, "-m", "spacy_rnn", "ablate", str(ROOT / "configs" / "textcat_bilstm.cfg"),
+         str(variants), str(out), "--seeds", "0,1", "--table", str(table),
+         "--paths.train", str(fixture_corpus / "train.spacy"),
+         "--paths.dev", str(fixture_corpus / "train.spacy"), *TINY],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [(r["variant"], r["seed"]) for r in rows] == [
+        (v, s) for v in ("baseline", "gru", "broken") for s in (0, 1)]
+    assert [r["dir"] for r in rows] == [f"variant-{i:02d}-seed{s}" for i in range(3) for s in (0, 1)]
+    for r in rows[:4]:
+        cfg = (out / r["dir"] / "model-best" / "config.cfg").read_text()
+        assert f"seed = {r['seed']}" in cfg
+    from spacy_rnn.optimization.ablation import summarise
+
+    base = summarise(rows, "baseline")
+    scores = [r["score"] for r in rows[:2]]
+    assert base["n"] == 2 and base["mean"] == pytest.approx(sum(scores) / 2)
+    assert base["std"] == pytest.approx(abs(scores[0] - scores[1]) / 2 ** 0.5)
+    text = table.read_text()
+    assert text == (out / "results.md").read_text()
+    assert "mean ± std over 2 seeds" in text
+    line = next(l for l in text.splitlines() if l.startswith("| baseline"))
+    assert f"{base['mean']:.4f} ± {base['std']:.4f}" in line
+    assert "failed" in next(l for l in text.splitlines() if l.startswith("| broken"))

@@ -1,4 +1,6 @@
 from pathlib import Path
+from typing import Optional
+
 import typer
 from wasabi import msg
 
@@ -45,16 +47,23 @@ def ablate_cli(
     output_dir: Path = typer.Argument(..., help="Folder for the runs and results.md"),
     gpu_id: int = typer.Option(-1, "--gpu-id", help="GPU id, -1 for CPU"),
     baseline: str = typer.Option("baseline", "--baseline", help="Variant the others are compared with"),
+    seeds: str = typer.Option("", "--seeds", help="Comma-separated training seeds, e.g. 0,1,2: each variant runs once per seed and the table shows mean ± std (default: one run, the config's seed)"),
+    table: Optional[Path] = typer.Option(None, "--table", help="Also write the markdown table to this file"),
 ):
     """Train each variant with the same data and budget; write a results table.
     Extra --section.key value arguments are passed to every run."""
     from ..optimization.ablation import run_ablation
 
     try:
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        msg.fail(f"--seeds must be comma-separated integers, got {seeds!r}", exits=1)
+    try:
         rows = run_ablation(config_path, variants_path, output_dir, overrides=list(ctx.args),
-                            gpu_id=gpu_id, baseline=baseline)
+                            gpu_id=gpu_id, baseline=baseline, seeds=seed_list, table=table)
     except ValueError as err:
         msg.fail(str(err), exits=1)
     for row in rows:
-        msg.text(f"{row['variant']}: {row['score']}")
-    msg.good(f"Results: {output_dir / 'results.md'}")
+        seed = "" if row["seed"] is None else f" (seed {row['seed']})"
+        msg.text(f"{row['variant']}{seed}: {row['score']}")
+    msg.good(f"Results: {table or output_dir / 'results.md'}")

@@ -134,18 +134,167 @@ def prune_pipeline(
     RETURNS (Tuple[Language, List[Dict]]): The pruned pipeline and the
         per-tensor sparsity report.
     """
+    nlp, tensors, _ = prune_and_finetune(pipeline_dir, output_dir, sparsity, scope, include_dense)
+    return nlp, tensors
+
+
+def prune_and_finetune(
+    pipeline_dir: Path,
+    output_dir: Path,
+    sparsity: float = 0.5,
+    scope: str = "tensor",
+    include_dense: bool = True,
+    *,
+    finetune_steps: int = 0,
+    train_data: Optional[Path] = None,
+    dev_data: Optional[Path] = None,
+    learn_rate: float = 0.001,
+    seed: int = 0,
+) -> Tuple[Language, List[Dict], Optional[Dict]]:
+    """Prune, optionally fine-tune the pruned pipeline for ``finetune_steps``
+    updates on ``train_data`` with the pruned weights held at zero (the
+    masks are applied again after every step), and save it.
+
+    train_data / dev_data are read with the pipeline's own
+    ``[corpora.train]`` / ``[corpora.dev]`` readers (``paths.train`` /
+    ``paths.dev`` set to them), batched with its ``[training.batcher]``, so a
+    language model gets its token-stream reader and a text classifier its
+    ``.spacy`` corpus. The optimiser is Adam(``learn_rate``).
+
+    RETURNS (Tuple[Language, List[Dict], Optional[Dict]]): The pruned
+        pipeline, the per-tensor sparsity report, and (when fine-tuning) the
+        dev scores of the unpruned, pruned and fine-tuned pipeline.
+    """
     pipeline_dir, output_dir = Path(pipeline_dir), Path(output_dir)
     if output_dir.resolve() == pipeline_dir.resolve():
         raise ValueError("prune: the output folder must differ from the input")
+    if finetune_steps < 0:
+        raise ValueError(f"--finetune-steps must be >= 0, got {finetune_steps}")
+    if finetune_steps and train_data is None:
+        raise ValueError("prune: --finetune-steps needs --train-data")
     nlp = spacy.load(pipeline_dir)
+    dev = _corpus_examples(nlp, "dev", dev_data) if finetune_steps and dev_data else []
+    finetune: Optional[Dict] = None
+    if finetune_steps:
+        finetune = {"steps": int(finetune_steps), "train_data": str(train_data),
+                    "dev_data": str(dev_data) if dev_data else None,
+                    "learn_rate": learn_rate, "dev_docs": len(dev)}
+        finetune["unpruned"] = _dev_scores(nlp, dev)
     targets = find_targets(nlp, include_dense=include_dense)
     if not targets:
         raise ValueError(f"prune: no prunable weights in {pipeline_dir}")
     tensors = prune_targets(targets, sparsity, scope)
+    if finetune is not None:
+        masks = [t.get() != 0.0 for t in targets]
+        finetune["pruned"] = _dev_scores(nlp, dev)
+        finetune["loss"] = finetune_masked(
+            nlp, targets, masks, train_data, finetune_steps, learn_rate=learn_rate, seed=seed
+        )
+        finetune["finetuned"] = _dev_scores(nlp, dev)
+        finetune["change"] = {
+            key: finetune["finetuned"][key] - finetune["pruned"][key]
+            for key in finetune["pruned"]
+            if finetune["pruned"][key] is not None and finetune["finetuned"].get(key) is not None
+        }
     if output_dir.exists():
         shutil.rmtree(output_dir)
     nlp.to_disk(output_dir)
-    return nlp, tensors
+    return nlp, tensors, finetune
+
+
+def _resolved_config(nlp: Language, **paths):
+    config = nlp.config.copy()
+    for key, value in paths.items():
+        if value is not None:
+            config["paths"][key] = str(value)
+    return config.interpolate()
+
+
+def _corpus_examples(nlp: Language, which: str, path: Path) -> List:
+    if not Path(path).exists():
+        raise FileNotFoundError(f"prune: {which} data {path} does not exist")
+    return list(_corpus(nlp, which, path)(nlp))
+
+
+def _corpus(nlp: Language, which: str, path: Path):
+    from spacy.util import registry
+
+    config = _resolved_config(nlp, **{which: path})
+    # Only this reader: the other one's path may be unset.
+    return registry.resolve({"corpus": config["corpora"][which]})["corpus"]
+
+
+def _dev_scores(nlp: Language, dev: List) -> Dict[str, Optional[float]]:
+    """The pipeline's weighted scores (and perplexity) on the dev examples."""
+    if not dev:
+        return {}
+    scores = nlp.evaluate(dev)
+    keys = [k for k in nlp.config["training"]["score_weights"]] + ["lm_ppl"]
+    out: Dict[str, Optional[float]] = {}
+    for key in keys:
+        value = scores.get(key)
+        if isinstance(value, (int, float)):
+            out[key] = float(value)
+    return out
+
+
+def finetune_masked(
+    nlp: Language,
+    targets: List[_Target],
+    masks: List[numpy.ndarray],
+    train_data: Path,
+    steps: int,
+    *,
+    learn_rate: float = 0.001,
+    seed: int = 0,
+) -> List[float]:
+    """Train ``steps`` updates, zeroing the masked-out weights after each.
+
+    RETURNS (List[float]): The summed loss of each tenth of the steps.
+    """
+    import random
+
+    from spacy.util import registry
+    from thinc.api import Adam, fix_random_seed
+
+    if not Path(train_data).exists():
+        raise FileNotFoundError(f"prune: train data {train_data} does not exist")
+    fix_random_seed(seed)
+    corpus = _corpus(nlp, "train", train_data)
+    T = _resolved_config(nlp)["training"]
+    batcher = registry.resolve({"batcher": T["batcher"]})["batcher"]
+    dropout = float(T.get("dropout") or 0.0)
+    # max_epochs = -1 streams the corpus in order (a language model carries
+    # its state from chunk to chunk); otherwise shuffle each epoch, as
+    # spacy train does.
+    shuffle = T.get("max_epochs", 0) != -1
+    frozen = set(T.get("frozen_components") or [])
+    optimizer = Adam(learn_rate)
+    rng = random.Random(seed)
+    examples = list(corpus(nlp))
+    if not examples:
+        raise ValueError(f"prune: no training examples in {train_data}")
+    losses_log: List[float] = []
+    chunk = max(1, steps // 10)
+    running = 0.0
+    step = 0
+    with nlp.select_pipes(disable=[n for n in nlp.pipe_names if n in frozen]):
+        while step < steps:
+            if shuffle:
+                rng.shuffle(examples)
+            for batch in batcher(examples):
+                losses: Dict[str, float] = {}
+                nlp.update(batch, drop=dropout, sgd=optimizer, losses=losses)
+                for target, mask in zip(targets, masks):
+                    target.set(target.get() * mask)
+                running += sum(losses.values())
+                step += 1
+                if step % chunk == 0 or step == steps:
+                    losses_log.append(running)
+                    running = 0.0
+                if step >= steps:
+                    break
+    return losses_log
 
 
 def prune_and_report(
@@ -157,9 +306,18 @@ def prune_and_report(
     eval_data: Optional[Path] = None,
     max_eval: int = 0,
     min_seconds: float = 1.0,
+    finetune_steps: int = 0,
+    train_data: Optional[Path] = None,
+    dev_data: Optional[Path] = None,
+    finetune_lr: float = 0.001,
 ) -> Dict:
-    """Prune and measure size, speed, accuracy and the sparsity reached."""
-    _, tensors = prune_pipeline(pipeline_dir, output_dir, sparsity, scope, include_dense)
+    """Prune (and optionally fine-tune with the pruned weights held at zero)
+    and measure size, speed, accuracy and the sparsity reached."""
+    _, tensors, finetune = prune_and_finetune(
+        pipeline_dir, output_dir, sparsity, scope, include_dense,
+        finetune_steps=finetune_steps, train_data=train_data,
+        dev_data=dev_data if dev_data is not None else eval_data, learn_rate=finetune_lr,
+    )
     before = spacy.load(pipeline_dir)
     after = spacy.load(output_dir)
     # Re-read from disk: the sparsity that counts is the one that was saved.
@@ -180,6 +338,8 @@ def prune_and_report(
     }
     report.update(size_report(pipeline_dir, output_dir))
     report.update(compare_pipelines(before, after, examples, min_seconds=min_seconds))
+    if finetune is not None:
+        report["finetune"] = finetune
     return report
 
 

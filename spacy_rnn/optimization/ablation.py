@@ -9,6 +9,7 @@ or off, relative to the base config, e.g.::
      "weight drop 0.3": {"components.textcat.model.tok2vec.encode.weight_drop": 0.3}}
 """
 import json
+import statistics
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -44,8 +45,11 @@ def run_ablation(
     overrides: Sequence[str] = tuple(),
     gpu_id: int = -1,
     baseline: Optional[str] = "baseline",
+    seeds: Sequence[int] = tuple(),
+    table: Optional[Path] = None,
 ) -> List[Dict[str, Any]]:
-    """Train every variant and write ``results.md`` and ``results.jsonl``.
+    """Train every variant (once per seed) and write ``results.md`` and
+    ``results.jsonl`` (one line per run, rewritten on every call).
 
     config_path (Path): The base training config.
     variants_path (Path): The variants file (see ``load_variants``).
@@ -54,46 +58,89 @@ def run_ablation(
         (data paths, step budget).
     gpu_id (int): GPU to train on, -1 for CPU.
     baseline (Optional[str]): Variant the others are compared with.
-    RETURNS (List[Dict[str, Any]]): One row per variant.
+    seeds (Sequence[int]): Run each variant once per seed
+        (``--training.seed``) and report mean and standard deviation; empty:
+        one run with the config's seed.
+    table (Optional[Path]): Also write the markdown table here.
+    RETURNS (List[Dict[str, Any]]): One row per run.
     """
     variants = load_variants(variants_path)
     config = load_config(config_path)
     weights = dict(config["training"]["score_weights"])
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    log = output_dir / "results.jsonl"
+    log.write_text("", encoding="utf8")
+    seed_list: List[Optional[int]] = [int(s) for s in seeds] or [None]
     rows = []
     for i, (name, values) in enumerate(variants.items()):
-        run_dir = output_dir / f"variant-{i:02d}"
-        try:
-            score, seconds = train_trial(config_path, run_dir, values, weights,
-                                         overrides=overrides, gpu_id=gpu_id)
-            status = "ok"
-        except RuntimeError as err:
-            score, seconds, status = None, None, f"failed: {str(err)[-300:]}"
-        rows.append({"variant": name, "values": values, "score": score,
-                     "seconds": seconds, "status": status, "dir": run_dir.name})
-        with (output_dir / "results.jsonl").open("a", encoding="utf8") as f:
-            f.write(json.dumps(rows[-1]) + "\n")
-    _write_table(output_dir / "results.md", rows, baseline, [k for k, w in weights.items() if w])
+        for seed in seed_list:
+            run_dir = output_dir / (f"variant-{i:02d}" if seed is None else f"variant-{i:02d}-seed{seed}")
+            run_values = dict(values)
+            if seed is not None:
+                run_values["training.seed"] = seed
+            try:
+                score, seconds = train_trial(config_path, run_dir, run_values, weights,
+                                             overrides=overrides, gpu_id=gpu_id)
+                status = "ok"
+            except RuntimeError as err:
+                score, seconds, status = None, None, f"failed: {str(err)[-300:]}"
+            rows.append({"variant": name, "values": values, "seed": seed, "score": score,
+                         "seconds": seconds, "status": status, "dir": run_dir.name})
+            with log.open("a", encoding="utf8") as f:
+                f.write(json.dumps(rows[-1]) + "\n")
+    score_names = [k for k, w in weights.items() if w]
+    text = _table(rows, list(variants), baseline, score_names, len(seed_list))
+    (output_dir / "results.md").write_text(text, encoding="utf8")
+    if table is not None:
+        Path(table).parent.mkdir(parents=True, exist_ok=True)
+        Path(table).write_text(text, encoding="utf8")
     return rows
 
 
-def _write_table(path: Path, rows, baseline: Optional[str], score_names) -> None:
-    base = next((r["score"] for r in rows if r["variant"] == baseline), None)
+def summarise(rows: List[Dict[str, Any]], variant: str) -> Dict[str, Any]:
+    """Mean, sample standard deviation (n - 1) and count of a variant's
+    successful runs, its mean training time and its failures."""
+    mine = [r for r in rows if r["variant"] == variant]
+    scores = [r["score"] for r in mine if r["score"] is not None]
+    seconds = [r["seconds"] for r in mine if r["seconds"] is not None]
+    return {
+        "n": len(scores),
+        "mean": statistics.fmean(scores) if scores else None,
+        "std": statistics.stdev(scores) if len(scores) > 1 else None,
+        "seconds": statistics.fmean(seconds) if seconds else None,
+        "failed": [r["status"] for r in mine if r["score"] is None],
+    }
+
+
+def _table(rows, variants: List[str], baseline: Optional[str], score_names, n_seeds: int) -> str:
+    multi = n_seeds > 1
+    score_head = f"dev score ({', '.join(n for n in score_names)})"
+    if multi:
+        score_head += f", mean ± std over {n_seeds} seeds"
     lines = [
-        f"| variant | settings | dev score ({', '.join(n for n in score_names)}) | change | train s |",
+        f"| variant | settings | {score_head} | change | train s |",
         "|---|---|---|---|---|",
     ]
-    for r in rows:
+    base = summarise(rows, baseline)["mean"] if baseline in variants else None
+    for name in variants:
+        values = next(r["values"] for r in rows if r["variant"] == name)
         settings = ", ".join(
-            f"`{k.split('.')[-1]}={_fmt(v)}`" for k, v in r["values"].items()
+            f"`{k.split('.')[-1]}={_fmt(v)}`" for k, v in values.items()
         ) or "(base config)"
-        if r["score"] is None:
-            lines.append(f"| {r['variant']} | {settings} | {r['status']} | | |")
+        summary = summarise(rows, name)
+        if summary["mean"] is None:
+            lines.append(f"| {name} | {settings} | {summary['failed'][0]} | | |")
             continue
-        change = f"{r['score'] - base:+.4f}" if base is not None and r["variant"] != baseline else ""
-        lines.append(f"| {r['variant']} | {settings} | {r['score']:.4f} | {change} | {r['seconds']:.0f} |")
-    path.write_text("\n".join(lines) + "\n", encoding="utf8")
+        cell = f"{summary['mean']:.4f}"
+        if multi:
+            std = summary["std"]
+            cell += f" ± {std:.4f}" if std is not None else ""
+            if summary["n"] < n_seeds:
+                cell += f" ({summary['n']} of {n_seeds} runs; {len(summary['failed'])} failed)"
+        change = f"{summary['mean'] - base:+.4f}" if base is not None and name != baseline else ""
+        lines.append(f"| {name} | {settings} | {cell} | {change} | {summary['seconds']:.0f} |")
+    return "\n".join(lines) + "\n"
 
 
 def _fmt(value) -> str:

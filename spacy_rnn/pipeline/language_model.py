@@ -30,9 +30,11 @@ import numpy
 import srsly
 import torch
 from spacy import util
+from spacy.attrs import LOWER, ORTH
 from spacy.errors import Errors
 from spacy.language import Language
 from spacy.pipeline import TrainablePipe
+from spacy.strings import get_string_id
 from spacy.tokens import Doc, Token
 from spacy.training import Example, validate_examples, validate_get_examples
 from spacy.vocab import Vocab
@@ -68,6 +70,7 @@ locked_dropout = false
 embed_dropout = 0.0
 ar_alpha = 0.0
 tar_beta = 0.0
+init_vectors = false
 
 [lm.scorer]
 @scorers = "spacy_rnn.lm_scorer.v1"
@@ -104,6 +107,11 @@ def _same(a: Any, b: Any) -> bool:
     if isinstance(a, float) or isinstance(b, float):
         return isinstance(a, (int, float)) and isinstance(b, (int, float)) and math.isclose(a, b)
     return a == b
+
+
+def _to_numpy(array) -> numpy.ndarray:
+    # Vectors live on the GPU (CuPy) when training there.
+    return array.get() if hasattr(array, "get") else numpy.asarray(array)
 
 
 def _token_surprisal(token: Token) -> Optional[float]:
@@ -143,6 +151,7 @@ def make_rnn_lm(
     embed_dropout: float = 0.0,
     ar_alpha: float = 0.0,
     tar_beta: float = 0.0,
+    init_vectors: bool = False,
 ) -> "RNNLanguageModelPipe":
     """Create a recurrent word language model component.
 
@@ -173,6 +182,9 @@ def make_rnn_lm(
         dropped output of the last layer (Merity et al. 2018).
     tar_beta (float): Temporal activation regularisation:
         beta * mean((h_t - h_{t-1})^2) on the raw output of the last layer.
+    init_vectors (bool): At initialize, copy the row of ``nlp.vocab.vectors``
+        of each vocabulary word that has one (the word, else its lowercase
+        form) into the input embedding; the width must be ``embed_width``.
     RETURNS (RNNLanguageModelPipe): The component.
     """
     cfg = dict(
@@ -182,6 +194,7 @@ def make_rnn_lm(
         softmax=softmax, cutoffs=list(cutoffs), div_value=div_value, init=init,
         bptt=bptt, weight_drop=weight_drop, locked_dropout=locked_dropout,
         embed_dropout=embed_dropout, ar_alpha=ar_alpha, tar_beta=tar_beta,
+        init_vectors=init_vectors,
     )
     model = build_lm_model(cfg)
     return RNNLanguageModelPipe(nlp.vocab, model, name, cfg=cfg, scorer=scorer)
@@ -409,6 +422,70 @@ class RNNLanguageModelPipe(TrainablePipe):
                 f"build a vocabulary from"
             )
         self.set_words(self.build_vocabulary(counts))
+        if self.cfg.get("init_vectors"):
+            self.init_embeddings_from_vectors()
+
+    def init_embeddings_from_vectors(self) -> int:
+        """Copy ``self.vocab.vectors`` rows into the input embedding for the
+        vocabulary words that have a vector (the word, else its lowercase
+        form); other rows keep their initialisation.
+
+        RETURNS (int): The number of rows copied.
+        """
+        vectors = self.vocab.vectors
+        width = int(self.cfg["embed_width"])
+        if vectors.size == 0 or vectors.shape[0] == 0 or (
+            vectors.mode == "default" and len(vectors.key2row) == 0
+        ):
+            raise ValueError(
+                f"rnn_lm '{self.name}': init_vectors = true but the pipeline has no "
+                f"word vectors; add them with [initialize] vectors (a pipeline made "
+                f"by `spacy init vectors`) or set init_vectors = false"
+            )
+        if vectors.shape[1] != width:
+            raise ValueError(
+                f"rnn_lm '{self.name}': init_vectors needs vectors as wide as the "
+                f"embedding (embed_width = {width}), but the vectors have width "
+                f"{vectors.shape[1]}; set embed_width = {vectors.shape[1]}"
+            )
+        rows: List[int] = []
+        values: List[numpy.ndarray] = []
+        for i, word in enumerate(self.words):
+            if word in (UNK, EOS):
+                continue
+            for form in (word, word.lower()):
+                if form in self.vocab.strings and self.vocab.has_vector(form):
+                    rows.append(i)
+                    values.append(_to_numpy(self.vocab.get_vector(form)))
+                    break
+        if rows:
+            weight = self.module.embed.weight
+            with torch.no_grad():
+                weight[torch.as_tensor(rows, device=weight.device)] = torch.as_tensor(
+                    numpy.stack(values), dtype=weight.dtype, device=weight.device
+                )
+        self.cfg["vectors_rows"] = len(rows)
+        msg.info(
+            f"rnn_lm '{self.name}': {len(rows)} of {len(self.words)} embedding rows "
+            f"initialised from the vectors"
+        )
+        return len(rows)
+
+    def use_params(self, params: dict):
+        """Swap in averaged weights (generator, as spaCy's pipes use it).
+
+        Thinc's PyTorchShim.use_params ignores Thinc's ``(id, name)``
+        averages and loads its own ``"pytorch_{id}_{name}"`` keys with a
+        strict state-dict load, which this module (tied weight, buffer)
+        fails. The weights found under the shim's keys (written by
+        ``spacy_rnn.NTASGD.v1``) are copied in place here instead.
+
+        params (dict): Parameter values, e.g. ``optimizer.averages``.
+        """
+        from ..optimization.ntasgd import swap_torch_params
+
+        with swap_torch_params(self.model.shims[0], params):
+            yield
 
     # -- vocabulary ----------------------------------------------------------
 
@@ -458,7 +535,14 @@ class RNNLanguageModelPipe(TrainablePipe):
         doc (Doc): The doc.
         RETURNS (numpy.ndarray): int64 ids, one per token.
         """
-        return self.ids_of(t.text for t in doc)
+        # Vectorised over the doc's hashed strings: building Token objects
+        # for a Python lookup cost ~3 ms per 700-token training batch.
+        if not len(doc):
+            return numpy.zeros((0,), dtype="int64")
+        hashes = doc.to_array(LOWER if self.cfg.get("lowercase") else ORTH).reshape(-1)
+        keys, values = self._hash_index
+        pos = numpy.minimum(numpy.searchsorted(keys, hashes), len(keys) - 1)
+        return numpy.where(keys[pos] == hashes, values[pos], self._ids[UNK]).astype("int64")
 
     def ids_of(self, words: Iterable[str]) -> numpy.ndarray:
         get = self._ids.get
@@ -469,6 +553,9 @@ class RNNLanguageModelPipe(TrainablePipe):
 
     def _index_words(self) -> None:
         self._ids = {w: i for i, w in enumerate(self.words)}
+        hashes = numpy.asarray([get_string_id(w) for w in self.words], dtype="uint64")
+        order = numpy.argsort(hashes)
+        self._hash_index = (hashes[order], order.astype("int64"))
 
     def predict_distributions(self, doc: Doc, direction: str = "fwd") -> numpy.ndarray:
         """Full log distribution behind each token's prediction.
