@@ -116,3 +116,15 @@ def test_memory_growth(ptb):
         assert [p[0] for p in run["rss_mb_curve"]] == [2, 4]
         assert all(p[1] > 0 for p in run["rss_mb_curve"])
         assert run["growth_mb_per_1000_steps"] is not None
+
+
+def test_profile_lm(ptb):
+    r = run_script(
+        "profile_lm.py", "--data", ptb, "--seconds", 0.5, "--warmup", 0.1,
+        "--vocab-size", 60, "--width", 16, "--max-train-tokens", 0,
+    )
+    assert r["steps"] > 0 and r["ms_per_step"] > 0
+    parts = r["parts_ms_per_step"]
+    assert parts["forward_backward"] > 0 and parts["optimizer_step"] > 0
+    assert parts["forward_backward"] <= r["ms_per_step"] * 1.5
+    assert r["top_own_time_ms_per_step"]

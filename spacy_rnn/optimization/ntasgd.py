@@ -38,7 +38,7 @@ from thinc.api import Optimizer
 from thinc.types import FloatsXd
 from thinc.util import xp2torch
 
-from .search import weighted_score
+from .plateau import new_dev_score
 
 _OPTIMIZERS: Dict[str, "NTASGD"] = {}
 
@@ -173,22 +173,19 @@ def ntasgd_monitor(key: str = "default") -> Callable[[Language, Dict[str, Any]],
     key (str): Name that links the monitor to its optimizer.
     RETURNS (Callable[[Language, Dict[str, Any]], None]): The callback.
     """
-    seen = {"performance": None}
+    seen: Dict[str, Any] = {"performance": None}
 
     def before_update(nlp: Language, args: Dict[str, Any]) -> None:
-        performance = nlp.meta.get("performance")
-        # spaCy replaces the dict after every evaluation.
-        if not performance or performance is seen["performance"]:
+        score = new_dev_score(nlp, seen)
+        if score is None:
             return
-        seen["performance"] = performance
         optimizer = _OPTIMIZERS.get(key)
         if optimizer is None:
             raise ValueError(
                 f"spacy_rnn.ntasgd_monitor.v1: no spacy_rnn.NTASGD.v1 optimizer with "
                 f"key {key!r}; set [training.optimizer] to it"
             )
-        weights = dict(nlp.config["training"]["score_weights"])
-        if optimizer.observe(weighted_score(performance, weights)):
+        if optimizer.observe(score):
             from wasabi import msg
 
             msg.info(

@@ -94,25 +94,39 @@ def plateau_monitor(key: str = "default") -> Callable[[Language, Dict[str, Any]]
     key (str): Name that links the monitor to its schedule.
     RETURNS (Callable[[Language, Dict[str, Any]], None]): The callback.
     """
-    seen = {"performance": None}
+    seen: Dict[str, Any] = {"performance": None}
 
     def before_update(nlp: Language, args: Dict[str, Any]) -> None:
-        performance = nlp.meta.get("performance")
-        # spaCy replaces the dict after every evaluation: a new object is a
-        # new dev score.
-        if not performance or performance is seen["performance"]:
+        score = new_dev_score(nlp, seen)
+        if score is None:
             return
-        seen["performance"] = performance
         controller = _CONTROLLERS.get(key)
         if controller is None:
             raise ValueError(
                 f"spacy_rnn.plateau_monitor.v1: no spacy_rnn.plateau.v1 schedule with "
                 f"key {key!r}; set [training.optimizer.learn_rate] to it"
             )
-        weights = dict(nlp.config["training"]["score_weights"])
-        controller.observe(weighted_score(performance, weights))
+        controller.observe(score)
 
     return before_update
+
+
+def new_dev_score(nlp: Language, seen: Dict[str, Any]) -> Optional[float]:
+    """The weighted dev score (``[training.score_weights]``) if ``spacy
+    train`` has logged a new one since the last call with ``seen``, else None.
+
+    nlp (Language): The pipeline being trained.
+    seen (Dict[str, Any]): State kept by the caller between calls.
+    RETURNS (Optional[float]): The new score, or None.
+    """
+    performance = nlp.meta.get("performance")
+    # spaCy replaces the dict after every evaluation: a new object is a new
+    # dev score.
+    if not performance or performance is seen.get("performance"):
+        return None
+    seen["performance"] = performance
+    weights = dict(nlp.config["training"]["score_weights"])
+    return weighted_score(performance, weights)
 
 
 def get_controller(key: str = "default") -> Optional[PlateauController]:

@@ -85,47 +85,49 @@ def check_known_labels(component, examples: Iterable[Example]) -> None:
         )
 
 
-class RNNTextCategorizer(TextCategorizer):
+class _KnownLabelsOnly:
+    """Mixin for spaCy's text categorisers: refuse gold labels the component
+    was not initialised with, where spaCy would silently skip them."""
+
+    def update(
+        self,
+        examples: Iterable[Example],
+        *,
+        drop: float = 0.0,
+        sgd: Optional[Optimizer] = None,
+        losses: Optional[Dict[str, float]] = None,
+    ) -> Dict[str, float]:
+        """spaCy's ``update``, after checking every gold label is known.
+
+        examples (Iterable[Example]): The batch.
+        drop (float): Dropout rate.
+        sgd (Optional[Optimizer]): The optimizer, if the step is taken here.
+        losses (Optional[Dict[str, float]]): Running losses, updated in place.
+        RETURNS (Dict[str, float]): The updated losses.
+        """
+        examples = list(examples)
+        check_known_labels(self, examples)
+        return super().update(examples, drop=drop, sgd=sgd, losses=losses)
+
+    def get_loss(self, examples: Iterable[Example], scores):
+        """spaCy's ``get_loss``, after checking every gold label is known.
+
+        examples (Iterable[Example]): The batch.
+        scores: The model's predictions for the batch.
+        RETURNS (Tuple[float, Floats2d]): The loss and its gradient.
+        """
+        examples = list(examples)
+        check_known_labels(self, examples)
+        return super().get_loss(examples, scores)
+
+
+class RNNTextCategorizer(_KnownLabelsOnly, TextCategorizer):
     """spaCy's ``TextCategorizer`` that refuses gold labels it does not know."""
 
-    def update(
-        self,
-        examples: Iterable[Example],
-        *,
-        drop: float = 0.0,
-        sgd: Optional[Optimizer] = None,
-        losses: Optional[Dict[str, float]] = None,
-    ) -> Dict[str, float]:
-        examples = list(examples)
-        check_known_labels(self, examples)
-        return super().update(examples, drop=drop, sgd=sgd, losses=losses)
 
-    def get_loss(self, examples: Iterable[Example], scores):
-        examples = list(examples)
-        check_known_labels(self, examples)
-        return super().get_loss(examples, scores)
-
-
-class RNNMultiLabelTextCategorizer(MultiLabel_TextCategorizer):
+class RNNMultiLabelTextCategorizer(_KnownLabelsOnly, MultiLabel_TextCategorizer):
     """spaCy's ``MultiLabel_TextCategorizer`` that refuses gold labels it does
     not know (a label it knows may still be missing from a doc's cats)."""
-
-    def update(
-        self,
-        examples: Iterable[Example],
-        *,
-        drop: float = 0.0,
-        sgd: Optional[Optimizer] = None,
-        losses: Optional[Dict[str, float]] = None,
-    ) -> Dict[str, float]:
-        examples = list(examples)
-        check_known_labels(self, examples)
-        return super().update(examples, drop=drop, sgd=sgd, losses=losses)
-
-    def get_loss(self, examples: Iterable[Example], scores):
-        examples = list(examples)
-        check_known_labels(self, examples)
-        return super().get_loss(examples, scores)
 
 
 TEXTCAT_SCORE_WEIGHTS = {
