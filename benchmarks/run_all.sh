@@ -13,4 +13,7 @@ $PY benchmarks/textcat_bench.py --threads "$THREADS" --seconds 120 > "$OUT/textc
 $PY benchmarks/lm_throughput.py --threads "$THREADS" --data ../shared/data/ptb --seconds 60 > "$OUT/lm_throughput.json"
 $PY benchmarks/quantize_bench.py --threads "$THREADS" --seconds 120 > "$OUT/quantize_bench.json"
 $PY benchmarks/profile_textcat.py --threads "$THREADS" --steps 30 --out-dir "$OUT/profiles" > "$OUT/profile_textcat.json"
+$PY benchmarks/profile_lm.py --threads "$THREADS" --data ../shared/data/ptb --seconds 30 > "$OUT/profile_lm.json"
+$PY benchmarks/memory_growth.py --threads "$THREADS" --steps 1000 > "$OUT/memory_growth.json"
+$PY benchmarks/long_doc_memory.py --tokens 1000000 > "$OUT/long_doc_memory.json"
 echo "results in $OUT" >&2
