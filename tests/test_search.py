@@ -136,3 +136,19 @@ def test_ablation_over_seeds_reports_mean_and_std(fixture_corpus, tmp_path):
     line = next(l for l in text.splitlines() if l.startswith("| baseline"))
     assert f"{base['mean']:.4f} ± {base['std']:.4f}" in line
     assert "failed" in next(l for l in text.splitlines() if l.startswith("| broken"))
+
+
+def test_lm_ablation_table_reads_in_perplexity():
+    from spacy_rnn.optimization.ablation import _table
+
+    rows = [
+        {"variant": "baseline", "values": {}, "seed": s, "score": 1 / p, "seconds": 1.0, "status": "ok"}
+        for s, p in enumerate([200.0, 210.0])
+    ] + [
+        {"variant": "clip", "values": {"x.grad_clip": 0.0}, "seed": s, "score": 1 / p, "seconds": 1.0, "status": "ok"}
+        for s, p in enumerate([190.0, 194.0])
+    ]
+    text = _table(rows, ["baseline", "clip"], "baseline", ["lm_score"], 2)
+    assert "dev perplexity" in text
+    assert "| 205.0 ± 7.1 |" in text
+    assert "| 192.0 ± 2.8 | -13.0 |" in text

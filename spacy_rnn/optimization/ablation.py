@@ -116,6 +116,12 @@ def summarise(rows: List[Dict[str, Any]], variant: str) -> Dict[str, Any]:
 def _table(rows, variants: List[str], baseline: Optional[str], score_names, n_seeds: int) -> str:
     multi = n_seeds > 1
     score_head = f"dev score ({', '.join(n for n in score_names)})"
+    if list(score_names) == ["lm_score"]:
+        # lm_score is 1 / perplexity: tables read better in perplexity,
+        # averaged over seeds as perplexities.
+        rows = [dict(r, score=1.0 / r["score"] if r["score"] else None) for r in rows]
+        score_head = "dev perplexity (1 / lm_score)"
+    digits = 1 if score_head.startswith("dev perplexity") else 4
     if multi:
         score_head += f", mean ± std over {n_seeds} seeds"
     lines = [
@@ -132,13 +138,13 @@ def _table(rows, variants: List[str], baseline: Optional[str], score_names, n_se
         if summary["mean"] is None:
             lines.append(f"| {name} | {settings} | {summary['failed'][0]} | | |")
             continue
-        cell = f"{summary['mean']:.4f}"
+        cell = f"{summary['mean']:.{digits}f}"
         if multi:
             std = summary["std"]
-            cell += f" ± {std:.4f}" if std is not None else ""
+            cell += f" ± {std:.{digits}f}" if std is not None else ""
             if summary["n"] < n_seeds:
                 cell += f" ({summary['n']} of {n_seeds} runs; {len(summary['failed'])} failed)"
-        change = f"{summary['mean'] - base:+.4f}" if base is not None and name != baseline else ""
+        change = f"{summary['mean'] - base:+.{digits}f}" if base is not None and name != baseline else ""
         lines.append(f"| {name} | {settings} | {cell} | {change} | {summary['seconds']:.0f} |")
     return "\n".join(lines) + "\n"
 
