@@ -23,6 +23,12 @@ from ..optimization.torch_adam import thinc_adam_step
 class InPlacePyTorchShim(PyTorchShim):
     """``PyTorchShim`` whose ``finish_update`` keeps each parameter's storage."""
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Work buffers of the Adam step, reused so that large parameters
+        # don't allocate fresh memory on every step.
+        self._scratch: Dict[str, torch.Tensor] = {}
+
     def finish_update(self, optimizer: Optimizer) -> None:
         params = [
             (name, param)
@@ -36,14 +42,6 @@ class InPlacePyTorchShim(PyTorchShim):
         for _, param in params:
             param.grad.zero_()
         self._grad_scaler.update()
-
-    @property
-    def _scratch(self) -> Dict[str, torch.Tensor]:
-        # Not built in __init__: Thinc constructs shims in several places.
-        scratch = self.__dict__.get("_adam_scratch")
-        if scratch is None:
-            scratch = self.__dict__["_adam_scratch"] = {}
-        return scratch
 
     def _generic_step(self, optimizer: Optimizer, params) -> None:
         for name, param in params:
