@@ -15,7 +15,12 @@ which ``rnn_lm`` uses, clips each tensor's norm). ``rnn_lm`` is fed the way
 load from other processes hits both alike. Evaluation: 10 streams over
 ptb.valid.txt (first ``--max-eval-tokens`` tokens), no gradients, best of
 ``--rounds`` alternating passes.
+
+``--mixed-precision`` runs both sides under ``torch.autocast``: float16 with
+a gradient scaler on CUDA (``torch.amp.GradScaler`` for the plain loop,
+Thinc's ``PyTorchGradScaler`` inside ``rnn_lm``), bfloat16 on CPU.
 """
+import contextlib
 import argparse
 import math
 import sys
@@ -44,8 +49,19 @@ def parse_args(argv=None):
     p.add_argument("--vocab-size", type=int, default=SIZES["vocab_size"])
     p.add_argument("--width", type=int, default=SIZES["hidden_width"],
                    help="embedding and LSTM width")
+    p.add_argument("--mixed-precision", action="store_true",
+                   help="autocast both sides (float16 + loss scaling on CUDA, bfloat16 on CPU)")
     _common.add_common_args(p)
     return p.parse_args(argv)
+
+
+def autocast(device, enabled):
+    import torch
+
+    if not enabled:
+        return contextlib.nullcontext()
+    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    return torch.autocast(device.type, dtype=dtype)
 
 
 def read_tokens(path: Path, limit: int = 0):
@@ -97,6 +113,8 @@ class TorchSide:
         self.model = RNNModel().to(device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=SIZES["learn_rate"])
         self.criterion = nn.CrossEntropyLoss()
+        self.scaler = torch.amp.GradScaler(
+            "cuda", enabled=bool(args.mixed_precision) and device.type == "cuda")
         self.train_data = self.batchify(train_tokens, SIZES["n_streams"])
         self.position = 0
         self.hidden = None
@@ -130,11 +148,14 @@ class TorchSide:
             targets = self.train_data[i + 1 : i + 1 + seq_len].reshape(-1)
             self.hidden = self.repackage(self.hidden)
             self.optimizer.zero_grad()
-            output, self.hidden = self.model(data, self.hidden)
-            loss = self.criterion(output.view(-1, V), targets)
-            loss.backward()
+            with autocast(self.device, self.args.mixed_precision):
+                output, self.hidden = self.model(data, self.hidden)
+                loss = self.criterion(output.view(-1, V).float(), targets)
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), SIZES["clip"])
-            self.optimizer.step()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
             self.position += seq_len
             tokens += data.numel()
             if time.perf_counter() >= end:
@@ -150,13 +171,13 @@ class TorchSide:
         total, n = 0.0, 0
         hidden = None
         start = _common.timer(self.device)
-        with torch.no_grad():
+        with torch.no_grad(), autocast(self.device, self.args.mixed_precision):
             for i in range(0, data.size(0) - 1, bptt):
                 seq_len = min(bptt, data.size(0) - 1 - i)
                 x = data[i : i + seq_len]
                 y = data[i + 1 : i + 1 + seq_len].reshape(-1)
                 output, hidden = self.model(x, hidden)
-                total += float(self.criterion(output.view(-1, V), y)) * y.numel()
+                total += float(self.criterion(output.view(-1, V).float(), y)) * y.numel()
                 n += y.numel()
         elapsed = _common.timer(self.device) - start
         return n, elapsed, total / n
@@ -180,6 +201,7 @@ class SpacyRNNSide:
             "hidden_width": args.width, "depth": SIZES["depth"], "cell": "lstm",
             "bidirectional": False, "dropout": SIZES["dropout"], "tied": False,
             "softmax": "full", "bptt": SIZES["bptt"],
+            "mixed_precision": bool(args.mixed_precision),
         })
         self.corpus = TokenStreamCorpus(
             train_path, n_streams=SIZES["n_streams"], doc_length=SIZES["bptt"],
@@ -270,6 +292,7 @@ def main(argv=None):
     result = {
         "benchmark": "lm_throughput",
         **_common.machine_info(threads, device),
+        "mixed_precision": bool(args.mixed_precision),
         "sizes": {**SIZES, "vocab_size": args.vocab_size, "embed_width": args.width,
                   "hidden_width": args.width},
         "train_seconds_each": {k: v[1] for k, v in train.items()},

@@ -72,11 +72,14 @@ def test_textcat_bench(corpus):
     assert r["summary"]["bow"]["int8_vs_float32_infer_ratio"] is None
 
 
-def test_lm_throughput(ptb):
+@pytest.mark.parametrize("extra", [[], ["--mixed-precision"]])
+def test_lm_throughput(ptb, extra):
     r = run_script(
         "lm_throughput.py", "--data", ptb, "--seconds", 0.4, "--rounds", 1,
-        "--vocab-size", 60, "--width", 16, "--max-eval-tokens", 200,
+        "--vocab-size", 60, "--width", 16, "--max-eval-tokens", 200, *extra,
     )
+    assert r["mixed_precision"] is bool(extra)
+    assert r["spacy_rnn_error"] is None
     for key in ("spacy_rnn_train_tokens_per_s", "torch_train_tokens_per_s", "train_ratio",
                 "spacy_rnn_eval_tokens_per_s", "torch_eval_tokens_per_s", "eval_ratio"):
         assert key in r

@@ -94,3 +94,94 @@ def test_torch_adam_step_on_cuda_matches_cpu():
         assert thinc_adam_step(opt_gpu, 1, list(gpu.named_parameters()), {})
     for a, b in zip(cpu.parameters(), gpu.parameters()):
         assert torch.allclose(a.detach(), b.detach().cpu(), atol=1e-5)
+
+
+def test_weight_drop_keeps_cudnn_fused_without_warnings():
+    """DropConnect swaps in a dropped copy of weight_hh for each call; cuDNN
+    must still get one contiguous weight buffer (no "not part of single
+    contiguous chunk" warning) and the gradient must reach the raw weight."""
+    import warnings
+
+    stack = RNNStack(16, 32, depth=2, bidirectional=True, weight_drop=0.5).cuda().train()
+    x = torch.randn(30, 16, device="cuda")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        y1 = stack(x, [20, 10])
+        y2 = stack(x, [20, 10])
+        y1.sum().backward()
+        stack.eval()
+        y3 = stack(x, [20, 10])
+        y4 = stack(x, [20, 10])
+    assert not torch.equal(y1, y2)  # a fresh mask per call
+    assert torch.equal(y3, y4)  # no dropping at inference
+    grad = stack.fwd[0].weight_hh_l0.grad
+    assert grad is not None and float(grad.abs().sum()) > 0
+
+
+def _train_lm_on_gpu(mixed_precision, steps=40, grad_scaler=None):
+    from thinc.api import Adam, fix_random_seed, require_gpu
+
+    from .test_language_model import make_lm, stream_corpus
+
+    require_gpu(0)
+    fix_random_seed(0)
+    nlp, lm = make_lm(mixed_precision=mixed_precision, tied=True, hidden_width=16)
+    if grad_scaler is not None:
+        lm.model.shims[0]._grad_scaler = grad_scaler
+    nlp.initialize(lambda: stream_corpus()(nlp))
+    optimizer = Adam(0.01)
+    history = []
+    for _ in range(steps):
+        losses = {}
+        examples = list(stream_corpus()(nlp))
+        for i in range(0, len(examples), 4):
+            nlp.update(examples[i : i + 4], sgd=optimizer, losses=losses)
+        history.append(losses["rnn_lm"])
+    return nlp, lm, history
+
+
+def test_lm_mixed_precision_trains_in_float16_with_loss_scaling():
+    from .test_language_model import dev_examples
+
+    nlp, lm, history = _train_lm_on_gpu(True)
+    shim = lm.model.shims[0]
+    assert shim._grad_scaler._enabled
+    assert float(shim._grad_scaler._scale) > 1
+    seen = []
+    hook = lm.module.fwd.fwd[0].register_forward_hook(lambda m, i, o: seen.append(o[0].dtype))
+    nlp("the cat sat")
+    hook.remove()
+    assert seen == [torch.float16]
+    assert all(p.dtype == torch.float32 for p in lm.module.parameters())
+    assert history[-1] < history[0] / 3
+    assert nlp.evaluate(dev_examples(nlp))["lm_ppl"] < 1.8
+
+
+def test_lm_mixed_precision_skips_overflowing_steps():
+    from thinc.api import PyTorchGradScaler
+
+    scaler = PyTorchGradScaler(enabled=True, init_scale=2.0 ** 100, growth_interval=1000)
+    scaler.to_(torch.device("cuda"))
+    nlp, lm, history = _train_lm_on_gpu(True, steps=3, grad_scaler=scaler)
+    # Each overflow halves the scale and skips the step instead of writing
+    # inf into the weights.
+    assert float(scaler._scale) < 2.0 ** 100
+    assert all(torch.isfinite(p).all() for p in lm.module.parameters())
+
+
+def test_lm_trained_on_gpu_scores_the_same_on_cpu(tmp_path):
+    import json
+
+    nlp, lm, _ = _train_lm_on_gpu(False, steps=5)
+    texts = ["the cat sat on the mat", "a dog"]
+    gpu_scores = [d._.lm_logprob for d in nlp.pipe(texts)]
+    nlp.to_disk(tmp_path / "lm")
+    script = (
+        "import json, spacy, spacy_rnn\n"
+        f"nlp = spacy.load({str(tmp_path / 'lm')!r})\n"
+        f"print(json.dumps([d._.lm_logprob for d in nlp.pipe({texts!r})]))\n"
+    )
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
+    cpu_scores = json.loads(out.stdout.strip().splitlines()[-1])
+    assert numpy.allclose(gpu_scores, cpu_scores, atol=1e-3)

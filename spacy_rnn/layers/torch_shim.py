@@ -10,6 +10,10 @@ Thinc's Adam (what ``spacy train`` uses) is applied with torch ops on the
 parameters themselves (``spacy_rnn/optimization/torch_adam.py``): the same
 update as Thinc's, multi-threaded on CPU and without host round trips on
 GPU. Any other optimiser goes through Thinc one parameter at a time.
+
+Components that drive the torch module themselves (``rnn_lm`` runs one
+backward pass per BPTT window) call ``backward`` here, so that mixed
+precision's loss scaling and the unscaling before the step stay in one place.
 """
 from typing import Dict
 
@@ -28,6 +32,30 @@ class InPlacePyTorchShim(PyTorchShim):
         # Work buffers of the Adam step, reused so that large parameters
         # don't allocate fresh memory on every step.
         self._scratch: Dict[str, torch.Tensor] = {}
+        self._unscale_pending = False
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Backpropagate a scalar loss computed with this shim's module,
+        scaled by the gradient scaler when mixed precision is on.
+
+        loss (torch.Tensor): The loss.
+        """
+        self._grad_scaler.scale(loss).backward()
+        self._unscale_pending = True
+
+    def unscale_gradients(self) -> bool:
+        """Divide gradients accumulated through ``backward`` by the loss scale
+        (once, however many ``backward`` calls came before); anything that
+        reads gradients before the step (global-norm clipping) calls this.
+
+        RETURNS (bool): Whether an overflow was found (the step is skipped).
+        """
+        if self._unscale_pending:
+            self._unscale_pending = False
+            grads = [p.grad for p in self._model.parameters() if p.grad is not None]
+            if grads:
+                self._grad_scaler.unscale(grads)
+        return self._grad_scaler.found_inf
 
     def finish_update(self, optimizer: Optimizer) -> None:
         params = [
@@ -36,7 +64,7 @@ class InPlacePyTorchShim(PyTorchShim):
             if param.grad is not None
         ]
         # Mixed precision: skip the step if any gradient overflowed.
-        if not self._grad_scaler.found_inf:
+        if not self.unscale_gradients():
             if not thinc_adam_step(optimizer, self.id, params, self._scratch):
                 self._generic_step(optimizer, params)
         for _, param in params:

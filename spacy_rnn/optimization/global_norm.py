@@ -32,6 +32,9 @@ def clip_global_norm(model: Model, max_norm: float) -> float:
                 thinc_grads.append(node.get_grad(name))
         for shim in node.shims:
             if isinstance(shim, PyTorchShim):
+                if hasattr(shim, "unscale_gradients"):
+                    # Clip what the optimiser will see, not loss-scaled values.
+                    shim.unscale_gradients()
                 torch_grads.extend(
                     p.grad for p in shim._model.parameters() if p.grad is not None
                 )

@@ -20,7 +20,12 @@ Design notes:
   context lies in the future, which the next batch has not delivered yet).
 * Dropout comes from the component config (torch dropout); spaCy's
   ``training.dropout`` is not used.
+* ``mixed_precision``: the forward pass runs under ``torch.autocast``
+  (float16 on CUDA, with Thinc's ``PyTorchGradScaler`` scaling the loss;
+  bfloat16 on CPU, where no scaling is needed). Weights and optimiser state
+  stay float32, and log-probabilities are always taken in float32.
 """
+import contextlib
 import math
 from collections import Counter
 from pathlib import Path
@@ -38,7 +43,8 @@ from spacy.strings import get_string_id
 from spacy.tokens import Doc, Token
 from spacy.training import Example, validate_examples, validate_get_examples
 from spacy.vocab import Vocab
-from thinc.api import Config, Model
+from thinc.api import Config, Model, PyTorchGradScaler
+from thinc.util import get_torch_default_device
 from thinc.types import ArgsKwargs
 from wasabi import msg
 
@@ -71,6 +77,8 @@ embed_dropout = 0.0
 ar_alpha = 0.0
 tar_beta = 0.0
 init_vectors = false
+mixed_precision = false
+grad_scaler = null
 
 [lm.scorer]
 @scorers = "spacy_rnn.lm_scorer.v1"
@@ -152,6 +160,8 @@ def make_rnn_lm(
     ar_alpha: float = 0.0,
     tar_beta: float = 0.0,
     init_vectors: bool = False,
+    mixed_precision: bool = False,
+    grad_scaler: Optional[PyTorchGradScaler] = None,
 ) -> "RNNLanguageModelPipe":
     """Create a recurrent word language model component.
 
@@ -185,6 +195,10 @@ def make_rnn_lm(
     init_vectors (bool): At initialize, copy the row of ``nlp.vocab.vectors``
         of each vocabulary word that has one (the word, else its lowercase
         form) into the input embedding; the width must be ``embed_width``.
+    mixed_precision (bool): Run forward passes under autocast: float16 with
+        loss scaling on CUDA, bfloat16 on CPU.
+    grad_scaler (Optional[PyTorchGradScaler]): The loss scaler used on CUDA
+        with mixed precision (default: Thinc's, with its default settings).
     RETURNS (RNNLanguageModelPipe): The component.
     """
     cfg = dict(
@@ -194,17 +208,21 @@ def make_rnn_lm(
         softmax=softmax, cutoffs=list(cutoffs), div_value=div_value, init=init,
         bptt=bptt, weight_drop=weight_drop, locked_dropout=locked_dropout,
         embed_dropout=embed_dropout, ar_alpha=ar_alpha, tar_beta=tar_beta,
-        init_vectors=init_vectors,
+        init_vectors=init_vectors, mixed_precision=mixed_precision,
     )
-    model = build_lm_model(cfg)
+    model = build_lm_model(cfg, grad_scaler=grad_scaler)
     return RNNLanguageModelPipe(nlp.vocab, model, name, cfg=cfg, scorer=scorer)
 
 
-def build_lm_model(cfg: Dict[str, Any]) -> Model:
+def build_lm_model(
+    cfg: Dict[str, Any], grad_scaler: Optional[PyTorchGradScaler] = None
+) -> Model:
     """Wrap a freshly built ``RNNLanguageModel`` in a Thinc model whose shim
     stores its weights as safetensors.
 
     cfg (Dict[str, Any]): The component settings.
+    grad_scaler (Optional[PyTorchGradScaler]): Loss scaler for mixed
+        precision on CUDA; by default one is made, enabled only there.
     RETURNS (Model): The Thinc model.
     """
     if cfg["bptt"] < 1:
@@ -228,8 +246,16 @@ def build_lm_model(cfg: Dict[str, Any]) -> Model:
     )
     # In-place optimiser steps: Thinc's own shim grows by one copy of the
     # weights per step (spacy_rnn/layers/torch_shim.py).
+    mixed_precision = bool(cfg.get("mixed_precision", False))
+    if grad_scaler is None:
+        # Thinc's scaler only works on CUDA tensors; bfloat16 on CPU has
+        # float32's range and needs no scaling.
+        on_cuda = get_torch_default_device().type == "cuda"
+        grad_scaler = PyTorchGradScaler(enabled=mixed_precision and on_cuda)
     shim = InPlacePyTorchShim(
         module,
+        mixed_precision=mixed_precision,
+        grad_scaler=grad_scaler,
         serialize_model=serialize_torch_module,
         deserialize_model=deserialize_torch_module,
     )
@@ -657,7 +683,7 @@ class RNNLanguageModelPipe(TrainablePipe):
         gen = torch.Generator(device="cpu").manual_seed(int(seed))
         ids = [self._ids[EOS]] + list(self.ids_of(words))
         out: List[str] = []
-        with torch.no_grad():
+        with torch.no_grad(), self._autocast():
             H, state = module.run("fwd", torch.as_tensor([ids], device=module.device))
             h = H[0, -1:]
             for _ in range(n_tokens):
@@ -810,25 +836,39 @@ class RNNLanguageModelPipe(TrainablePipe):
         mask_t = torch.as_tensor(mask, device=device)
         bptt = int(bptt or self.cfg["bptt"])
         total = 0.0
+        shim = self.model.shims[0]
         for start in range(0, T, bptt):
             end = min(T, start + bptt)
-            H, state, raw = module.run(direction, inputs_t[:, start:end], state, return_raw=True)
             m = mask_t[:, start:end]
-            lp = module.target_log_probs(H[m], targets_t[:, start:end][m])
+            with self._autocast():
+                H, state, raw = module.run(
+                    direction, inputs_t[:, start:end], state, return_raw=True
+                )
+                lp = module.target_log_probs(H[m], targets_t[:, start:end][m])
+                if train:
+                    loss = -lp.sum() / norm
+                    loss = loss + self._activation_penalty(H, raw, m, norm)
             if train:
-                loss = -lp.sum() / norm
-                loss = loss + self._activation_penalty(H, raw, m, norm)
-                loss.backward()
+                # Outside autocast, as torch.amp asks.
+                shim.backward(loss)
                 total += float(loss.detach())
             lp_all[:, start:end][mask[:, start:end]] = lp.detach().float().cpu().numpy()
             if distributions is not None:
-                dist = module.log_probs(H.reshape(-1, H.shape[-1])).detach().float().cpu()
-                distributions.append(dist.reshape(B, end - start, -1).numpy())
+                with self._autocast():
+                    dist = module.log_probs(H.reshape(-1, H.shape[-1]))
+                distributions.append(dist.detach().float().cpu().reshape(B, end - start, -1).numpy())
             state = detach_state(state)
         for b in range(B):
             row = lp_all[b, : lengths[b]]
             out[b] = row[::-1].copy() if direction == "bwd" else row.copy()
         return out, state, total
+
+    def _autocast(self):
+        if not self.cfg.get("mixed_precision"):
+            return contextlib.nullcontext()
+        if self.module.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.float16)
+        return torch.autocast("cpu", dtype=torch.bfloat16)
 
     def _activation_penalty(self, H, raw, mask, norm: float):
         # AR and TAR (Merity et al. 2018), weighted by this window's share of
@@ -841,11 +881,11 @@ class RNNLanguageModelPipe(TrainablePipe):
         share = n / norm
         penalty = 0.0
         if alpha > 0:
-            penalty = penalty + alpha * H[mask].pow(2).mean() * share
+            penalty = penalty + alpha * H[mask].float().pow(2).mean() * share
         if beta > 0 and raw.shape[1] > 1:
             both = mask[:, 1:] & mask[:, :-1]
             if bool(both.any()):
-                diff = (raw[:, 1:] - raw[:, :-1])[both]
+                diff = (raw[:, 1:].float() - raw[:, :-1].float())[both]
                 penalty = penalty + beta * diff.pow(2).mean() * share
         return penalty
 

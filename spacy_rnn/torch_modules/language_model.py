@@ -188,11 +188,14 @@ class RNNLanguageModel(nn.Module):
         """
         n = int(self.n_active)
         if self.softmax == "full":
-            logits = self.out(H)
+            # The product may run in half precision under autocast; the
+            # normalisation is always taken in float32.
+            logits = self.out(H).float()
             if n < self.vocab_size:
                 logits = logits.masked_fill(self._unused(logits), float("-inf"))
             return torch.log_softmax(logits, dim=-1)
-        lp = self.out.log_prob(H)
+        with _full_precision(H):
+            lp = self.out.log_prob(H.float())
         if n < self.vocab_size:
             # Renormalise over the words that exist.
             lp = lp.masked_fill(self._unused(lp), float("-inf"))
@@ -210,13 +213,19 @@ class RNNLanguageModel(nn.Module):
             return H.new_zeros((0,))
         if self.softmax == "adaptive" and int(self.n_active) == self.vocab_size:
             # The cheap path: only the target's cluster is evaluated.
-            return self.out(H, targets).output
+            with _full_precision(H):
+                return self.out(H.float(), targets).output
         lp = self.log_probs(H)
         return lp.gather(1, targets.unsqueeze(1)).squeeze(1)
 
     def _unused(self, scores: torch.Tensor) -> torch.Tensor:
         rows = torch.arange(self.vocab_size, device=scores.device)
         return (rows >= self.n_active).expand_as(scores)
+
+
+def _full_precision(X: torch.Tensor):
+    # Adaptive softmax normalises inside the module: keep it out of autocast.
+    return torch.autocast(X.device.type, enabled=False)
 
 
 def detach_state(state):

@@ -1,0 +1,119 @@
+"""``rnn_lm`` with ``mixed_precision = true`` on CPU (bfloat16 autocast).
+
+The CUDA path (float16 with Thinc's gradient scaler) is in test_gpu.py.
+"""
+import pytest
+import torch
+from thinc.api import fix_random_seed
+
+from spacy_rnn.optimization.global_norm import clip_global_norm
+
+from .test_language_model import dev_examples, make_lm, stream_corpus, train
+
+
+def _trained(mixed_precision, epochs=40):
+    fix_random_seed(0)
+    nlp, lm = make_lm(mixed_precision=mixed_precision)
+    nlp.initialize(lambda: stream_corpus()(nlp))
+    history = train(nlp, epochs)
+    return nlp, lm, history
+
+
+def test_mixed_precision_is_in_the_default_config():
+    nlp, lm = make_lm()
+    assert lm.cfg["mixed_precision"] is False
+    assert nlp.config["components"]["rnn_lm"]["mixed_precision"] is False
+    assert nlp.config["components"]["rnn_lm"]["grad_scaler"] is None
+
+
+def test_bfloat16_training_memorises_like_float32():
+    nlp, lm, history = _trained(True)
+    _, _, history32 = _trained(False)
+    assert history[-1] < history[0] / 3
+    after = nlp.evaluate(dev_examples(nlp))
+    # float32 reaches < 1.6 on this fixture (test_language_model.py).
+    assert after["lm_ppl"] < 1.8
+    assert abs(history[-1] - history32[-1]) < 0.25 * history32[0]
+    # Autocast changes the arithmetic, never the stored weights.
+    assert all(p.dtype == torch.float32 for p in lm.module.parameters())
+
+
+def test_forward_runs_in_bfloat16_and_scores_in_float32():
+    nlp, lm = make_lm(mixed_precision=True)
+    nlp.initialize(lambda: stream_corpus()(nlp))
+    seen = []
+    hook = lm.module.fwd.fwd[0].register_forward_hook(lambda m, i, o: seen.append(o[0].dtype))
+    try:
+        doc = nlp("the cat sat on the mat")
+    finally:
+        hook.remove()
+    assert seen == [torch.bfloat16]
+    dist = lm.predict_distributions(doc)
+    assert dist.dtype.name == "float32"
+    assert abs(float(torch.logsumexp(torch.as_tensor(dist[0]), 0))) < 1e-4
+    assert doc._.lm_perplexity > 1
+
+
+def test_mixed_precision_scores_match_float32_closely():
+    nlp, lm, _ = _trained(False, epochs=10)
+    texts = ["the cat sat on the mat", "a dog ran"]
+    ref = [d._.lm_logprob for d in nlp.pipe(texts)]
+    lm.cfg["mixed_precision"] = True
+    low = [d._.lm_logprob for d in nlp.pipe(texts)]
+    # bfloat16 keeps ~3 significant digits: close, not equal.
+    for a, b in zip(ref, low):
+        assert a != b
+        assert b == pytest.approx(a, rel=0.05)
+
+
+def test_loss_scaling_is_undone_before_clipping_and_the_step():
+    """With a scaler (what CUDA mixed precision uses), gradients reach the
+    clipper and the optimiser divided by the loss scale, exactly once."""
+    nlp, lm = make_lm()
+    nlp.initialize(lambda: stream_corpus()(nlp))
+    shim = lm.model.shims[0]
+    examples = list(stream_corpus()(nlp))[:4]
+
+    def grads():
+        return [p.grad.clone() for p in lm.module.parameters() if p.grad is not None]
+
+    fix_random_seed(1)
+    lm.update(examples)
+    plain = grads()
+    for p in lm.module.parameters():
+        p.grad = None
+
+    class FakeScaler:
+        # Thinc's PyTorchGradScaler only accepts CUDA tensors; this one
+        # multiplies by 1024 on any device and records the unscale calls.
+        found_inf = False
+        unscaled = 0
+
+        def scale(self, loss):
+            return loss * 1024.0
+
+        def unscale(self, tensors):
+            self.unscaled += 1
+            for t in tensors:
+                t.div_(1024.0)
+            return False
+
+        def update(self):
+            pass
+
+    shim._grad_scaler = FakeScaler()
+    fix_random_seed(1)
+    lm.update(examples[:2])
+    lm.update(examples[2:])  # accumulated: unscaled once for both
+    # Same examples in two halves: the sum of the halves' gradients.
+    clip_global_norm(lm.model, 1e9)
+    assert shim._grad_scaler.unscaled == 1
+    clip_global_norm(lm.model, 1e9)
+    assert shim._grad_scaler.unscaled == 1
+    halves = grads()
+    assert len(halves) == len(plain)
+    total_plain = sum(float(g.pow(2).sum()) for g in plain)
+    total_halves = sum(float(g.pow(2).sum()) for g in halves)
+    # Not bit-equal (the halves' windows normalise by their own token
+    # counts), but the same magnitude: a missing unscale would be 1024x.
+    assert 0.2 < total_halves / total_plain < 5
