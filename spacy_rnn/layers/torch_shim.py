@@ -14,12 +14,18 @@ GPU. Any other optimiser goes through Thinc one parameter at a time.
 Components that drive the torch module themselves (``rnn_lm`` runs one
 backward pass per BPTT window) call ``backward`` here, so that mixed
 precision's loss scaling and the unscaling before the step stay in one place.
+
+Mixed precision: Thinc autocasts to float16 on CUDA only, and its gradient
+scaler refuses CPU tensors, so ``mixed_precision=True`` on CPU used to fail
+at the first backward pass. Here it means bfloat16 autocast on CPU (which
+has float32's range, so no loss scaling) and Thinc's behaviour on CUDA.
 """
-from typing import Dict
+import contextlib
+from typing import Dict, Optional
 
 import torch
-from thinc.api import Optimizer, PyTorchShim
-from thinc.util import torch2xp, xp2torch
+from thinc.api import Optimizer, PyTorchGradScaler, PyTorchShim
+from thinc.util import get_torch_default_device, torch2xp, xp2torch
 
 from ..optimization.torch_adam import thinc_adam_step
 
@@ -27,12 +33,57 @@ from ..optimization.torch_adam import thinc_adam_step
 class InPlacePyTorchShim(PyTorchShim):
     """``PyTorchShim`` whose ``finish_update`` keeps each parameter's storage."""
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        model,
+        *args,
+        mixed_precision: bool = False,
+        grad_scaler: Optional[PyTorchGradScaler] = None,
+        device: Optional[torch.device] = None,
+        **kwargs,
+    ):
+        if device is None:
+            device = get_torch_default_device()
+        on_cuda = device.type == "cuda"
+        if grad_scaler is None:
+            grad_scaler = PyTorchGradScaler(enabled=mixed_precision and on_cuda)
+        super().__init__(
+            model,
+            *args,
+            mixed_precision=mixed_precision and on_cuda,
+            grad_scaler=grad_scaler,
+            device=device,
+            **kwargs,
+        )
+        self.wants_mixed_precision = bool(mixed_precision)
         # Work buffers of the Adam step, reused so that large parameters
         # don't allocate fresh memory on every step.
         self._scratch: Dict[str, torch.Tensor] = {}
         self._unscale_pending = False
+
+    def autocast(self):
+        """The autocast context of this shim's forward passes: float16 on
+        CUDA, bfloat16 on CPU, none without mixed precision."""
+        if not self.wants_mixed_precision:
+            return contextlib.nullcontext()
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.float16)
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+    def predict(self, inputs):
+        with self._cpu_autocast():
+            return super().predict(inputs)
+
+    def begin_update(self, inputs):
+        # The backward pass runs later, outside the context, as torch.amp asks.
+        with self._cpu_autocast():
+            return super().begin_update(inputs)
+
+    def _cpu_autocast(self):
+        # On CUDA, Thinc's own predict / begin_update autocast already.
+        if self.device.type == "cuda":
+            return contextlib.nullcontext()
+        return self.autocast()
 
     def backward(self, loss: torch.Tensor) -> None:
         """Backpropagate a scalar loss computed with this shim's module,

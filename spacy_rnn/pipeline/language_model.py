@@ -25,7 +25,6 @@ Design notes:
   bfloat16 on CPU, where no scaling is needed). Weights and optimiser state
   stay float32, and log-probabilities are always taken in float32.
 """
-import contextlib
 import math
 from collections import Counter
 from pathlib import Path
@@ -44,7 +43,6 @@ from spacy.tokens import Doc, Token
 from spacy.training import Example, validate_examples, validate_get_examples
 from spacy.vocab import Vocab
 from thinc.api import Config, Model, PyTorchGradScaler
-from thinc.util import get_torch_default_device
 from thinc.types import ArgsKwargs
 from wasabi import msg
 
@@ -222,7 +220,7 @@ def build_lm_model(
 
     cfg (Dict[str, Any]): The component settings.
     grad_scaler (Optional[PyTorchGradScaler]): Loss scaler for mixed
-        precision on CUDA; by default one is made, enabled only there.
+        precision on CUDA; by default the shim makes one, enabled only there.
     RETURNS (Model): The Thinc model.
     """
     if cfg["bptt"] < 1:
@@ -246,15 +244,9 @@ def build_lm_model(
     )
     # In-place optimiser steps: Thinc's own shim grows by one copy of the
     # weights per step (spacy_rnn/layers/torch_shim.py).
-    mixed_precision = bool(cfg.get("mixed_precision", False))
-    if grad_scaler is None:
-        # Thinc's scaler only works on CUDA tensors; bfloat16 on CPU has
-        # float32's range and needs no scaling.
-        on_cuda = get_torch_default_device().type == "cuda"
-        grad_scaler = PyTorchGradScaler(enabled=mixed_precision and on_cuda)
     shim = InPlacePyTorchShim(
         module,
-        mixed_precision=mixed_precision,
+        mixed_precision=bool(cfg.get("mixed_precision", False)),
         grad_scaler=grad_scaler,
         serialize_model=serialize_torch_module,
         deserialize_model=deserialize_torch_module,
@@ -864,11 +856,8 @@ class RNNLanguageModelPipe(TrainablePipe):
         return out, state, total
 
     def _autocast(self):
-        if not self.cfg.get("mixed_precision"):
-            return contextlib.nullcontext()
-        if self.module.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.float16)
-        return torch.autocast("cpu", dtype=torch.bfloat16)
+        # The shim decides (float16 on CUDA, bfloat16 on CPU, or none).
+        return self.model.shims[0].autocast()
 
     def _activation_penalty(self, H, raw, mask, norm: float):
         # AR and TAR (Merity et al. 2018), weighted by this window's share of

@@ -1,7 +1,9 @@
-"""``rnn_lm`` with ``mixed_precision = true`` on CPU (bfloat16 autocast).
+"""``mixed_precision = true`` on CPU (bfloat16 autocast) for ``rnn_lm`` and
+the RNN encoder.
 
 The CUDA path (float16 with Thinc's gradient scaler) is in test_gpu.py.
 """
+import numpy
 import pytest
 import torch
 from thinc.api import fix_random_seed
@@ -59,6 +61,7 @@ def test_mixed_precision_scores_match_float32_closely():
     texts = ["the cat sat on the mat", "a dog ran"]
     ref = [d._.lm_logprob for d in nlp.pipe(texts)]
     lm.cfg["mixed_precision"] = True
+    lm.model.shims[0].wants_mixed_precision = True
     low = [d._.lm_logprob for d in nlp.pipe(texts)]
     # bfloat16 keeps ~3 significant digits: close, not equal.
     for a, b in zip(ref, low):
@@ -117,3 +120,37 @@ def test_loss_scaling_is_undone_before_clipping_and_the_step():
     # Not bit-equal (the halves' windows normalise by their own token
     # counts), but the same magnitude: a missing unscale would be 1024x.
     assert 0.2 < total_halves / total_plain < 5
+
+
+def test_encoder_mixed_precision_trains_on_cpu_in_bfloat16():
+    """Thinc's shim autocasts on CUDA only and its scaler refuses CPU
+    tensors: on CPU this used to fail at the first backward pass."""
+    from thinc.api import Adam
+
+    from spacy_rnn.layers.rnn_encoder import RNNEncoder
+
+    fix_random_seed(0)
+    model = RNNEncoder(8, depth=2, mixed_precision=True)
+    shim = model.shims[0]
+    assert not shim._grad_scaler._enabled
+    seen = []
+    shim._model.fwd[0].register_forward_hook(lambda m, i, o: seen.append(o[0].dtype))
+    rng = numpy.random.RandomState(0)
+    Xs = [rng.rand(n, 8).astype("float32") for n in (5, 0, 7)]
+    target = [numpy.tanh(x[:, ::-1]).copy() for x in Xs]
+    model.initialize(X=Xs)
+    optimizer = Adam(0.02)
+    losses = []
+    for _ in range(60):
+        Ys, backprop = model(Xs, is_train=True)
+        assert all(y.dtype == numpy.float32 for y in Ys)
+        dYs = [y - t for y, t in zip(Ys, target)]
+        losses.append(sum(float((d ** 2).sum()) for d in dYs))
+        dXs = backprop(dYs)
+        assert [d.shape for d in dXs] == [(5, 8), (0, 8), (7, 8)]
+        model.finish_update(optimizer)
+    assert seen and set(seen) == {torch.bfloat16}
+    assert losses[-1] < losses[0] / 2
+    assert all(p.dtype == torch.float32 for p in shim._model.parameters())
+    Y = model.predict(Xs)
+    assert all(numpy.isfinite(y).all() for y in Y)
