@@ -104,6 +104,7 @@ def test_weight_drop_keeps_cudnn_fused_without_warnings():
 
     stack = RNNStack(16, 32, depth=2, bidirectional=True, weight_drop=0.5).cuda().train()
     x = torch.randn(30, 16, device="cuda")
+    ptrs = [p.data_ptr() for p in stack.parameters()]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         y1 = stack(x, [20, 10])
@@ -114,6 +115,8 @@ def test_weight_drop_keeps_cudnn_fused_without_warnings():
         y4 = stack(x, [20, 10])
     assert not torch.equal(y1, y2)  # a fresh mask per call
     assert torch.equal(y3, y4)  # no dropping at inference
+    # Nothing was re-flattened: the parameters still live where they did.
+    assert [p.data_ptr() for p in stack.parameters()] == ptrs
     grad = stack.fwd[0].weight_hh_l0.grad
     assert grad is not None and float(grad.abs().sum()) > 0
 

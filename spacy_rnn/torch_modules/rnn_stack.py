@@ -383,14 +383,21 @@ class RNNStack(nn.Module):
     def _call_rnn(self, rnn, X, hx=None):
         if not (self.training and self.weight_drop > 0):
             return rnn(X, hx)
-        # Drop connections of the raw recurrent matrix and run the module
-        # with the dropped copy: the stored parameter is never modified, so
-        # gradients reach it through the mask and nothing has to be undone.
-        name = "weight_hh_l0"
-        dropped = nn.functional.dropout(
-            getattr(rnn, name), p=self.weight_drop, training=True
-        )
-        return torch.func.functional_call(rnn, {name: dropped}, (X, hx))
+        # Run the module on a weight list holding a dropped copy of the
+        # recurrent matrix. Only the list torch hands to its kernel is
+        # swapped: the named parameters stay, so nn.RNNBase sees no change and
+        # never re-flattens (functional_call would make it copy every weight
+        # into a new cuDNN buffer, in place, twice per call). The stored
+        # parameter is never modified; gradients reach it through the mask.
+        # Let the module refresh its list first if its parameters were
+        # replaced, or its forward would refresh it over ours.
+        rnn._update_flat_weights()
+        saved = rnn._flat_weights
+        rnn._flat_weights = dropconnect_weights(rnn, self.weight_drop)
+        try:
+            return rnn(X, hx)
+        finally:
+            rnn._flat_weights = saved
 
     def _drop(self, X, rate):
         if not self.training or rate <= 0:
@@ -409,6 +416,59 @@ class RNNStack(nn.Module):
         if i < self.depth - 1:
             Y = self._drop(Y, self.dropout_rate)
         return Y
+
+
+def dropconnect_weights(rnn: nn.RNNBase, rate: float) -> List[torch.Tensor]:
+    """The weights of a one-layer RNN module, in its ``_flat_weights`` order,
+    with DropConnect applied to the hidden-to-hidden matrix.
+
+    On CUDA the module's parameters are views of one cuDNN weight buffer;
+    the returned weights are then views of one new buffer with the same
+    layout, so cuDNN runs its fused kernel on them without warning about
+    non-contiguous weights. Elsewhere they are separate tensors.
+
+    rnn (nn.RNNBase): A single-layer, one-directional LSTM, GRU or RNN.
+    rate (float): The dropout rate of the recurrent weights.
+    RETURNS (List[torch.Tensor]): Differentiable weights for the kernel.
+    """
+    weights = list(rnn._flat_weights)
+    i = rnn._flat_weights_names.index("weight_hh_l0")
+    weights[i] = nn.functional.dropout(weights[i], p=rate, training=True)
+    layout = _shared_buffer_layout(rnn._flat_weights)
+    if layout is None:
+        return weights
+    size, offsets = layout
+    pieces: List[torch.Tensor] = []
+    end = 0
+    for j in sorted(range(len(weights)), key=offsets.__getitem__):
+        if offsets[j] > end:
+            pieces.append(weights[j].new_zeros(offsets[j] - end))
+        pieces.append(weights[j].reshape(-1))
+        end = offsets[j] + weights[j].numel()
+    if size > end:
+        pieces.append(weights[0].new_zeros(size - end))
+    buffer = torch.cat(pieces)
+    return [
+        buffer[offsets[j] : offsets[j] + w.numel()].view(w.shape)
+        for j, w in enumerate(weights)
+    ]
+
+
+def _shared_buffer_layout(weights: Sequence[torch.Tensor]):
+    # (buffer size, element offset of each weight) when all weights are
+    # contiguous, non-overlapping views of one storage, else None.
+    first = weights[0]
+    storage = first.untyped_storage()
+    if any(
+        w.untyped_storage().data_ptr() != storage.data_ptr() or not w.is_contiguous()
+        for w in weights
+    ):
+        return None
+    spans = sorted((w.storage_offset(), w.numel()) for w in weights)
+    if any(a + n > b for (a, n), (b, _) in zip(spans, spans[1:])):
+        return None
+    size = storage.nbytes() // first.element_size()
+    return size, [w.storage_offset() for w in weights]
 
 
 def check_rnn_settings(
