@@ -10,6 +10,9 @@ Models (``--models``, comma-separated):
 * ``rnn_bilstm``: ``rnn_textcat`` with its default model (MultiHashEmbed 128,
   BiLSTM 128, mean pooling);
 * ``rnn_gru``: the same with ``cell = "gru"``;
+* ``rnn_bilstm_mixed`` (not in the default list): ``rnn_bilstm`` with
+  ``encode.mixed_precision = true`` (bfloat16 autocast on CPU, float16 with
+  loss scaling on CUDA);
 * ``bow``: ``textcat`` with ``spacy.TextCatBOW.v3`` (unigrams);
 * ``ensemble``: ``textcat`` with ``spacy.TextCatEnsemble.v2`` (spaCy's
   default: CNN tok2vec + BOW);
@@ -38,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 
 MODELS = ("rnn_bilstm", "rnn_gru", "bow", "ensemble", "torch_bilstm")
+EXTRA_MODELS = ("rnn_bilstm_mixed",)
 LABELS = ("positive", "negative")
 
 EMBED = {
@@ -60,12 +64,15 @@ def model_setup(name: str):
     """(factory, component config) of a benchmarked model."""
     if name == "rnn_bilstm":
         return "rnn_textcat", {}
-    if name == "rnn_gru":
+    if name in ("rnn_gru", "rnn_bilstm_mixed"):
         from spacy_rnn.pipeline.textcat import DEFAULT_RNN_TEXTCAT_MODEL_CONFIG
         from thinc.api import Config
 
         model = Config().from_str(DEFAULT_RNN_TEXTCAT_MODEL_CONFIG)["model"]
-        model["tok2vec"]["encode"]["cell"] = "gru"
+        if name == "rnn_gru":
+            model["tok2vec"]["encode"]["cell"] = "gru"
+        else:
+            model["tok2vec"]["encode"]["mixed_precision"] = True
         return "rnn_textcat", {"model": model}
     if name == "bow":
         return "textcat", {"model": dict(BOW)}
@@ -114,7 +121,7 @@ def model_setup(name: str):
                 },
             }
         }
-    raise ValueError(f"unknown model {name!r}: choose from {', '.join(MODELS)}")
+    raise ValueError(f"unknown model {name!r}: choose from {', '.join(MODELS + EXTRA_MODELS)}")
 
 
 def parse_args(argv=None):

@@ -60,10 +60,10 @@ def test_encoder_speed():
 
 def test_textcat_bench(corpus):
     r = run_script(
-        "textcat_bench.py", "--corpus-dir", corpus, "--models", "bow,rnn_bilstm",
+        "textcat_bench.py", "--corpus-dir", corpus, "--models", "bow,rnn_bilstm,rnn_bilstm_mixed",
         "--seconds", 0.3, "--batch-size", 8,
     )
-    assert set(r["summary"]) == {"bow", "rnn_bilstm"}
+    assert set(r["summary"]) == {"bow", "rnn_bilstm", "rnn_bilstm_mixed"}
     for name, s in r["summary"].items():
         for key in ("train_words_per_s", "infer_words_per_s", "accuracy", "peak_rss_mb"):
             assert s[key] is not None and s[key] > 0 or key == "accuracy", (name, key)
