@@ -152,3 +152,28 @@ def test_lm_ablation_table_reads_in_perplexity():
     assert "dev perplexity" in text
     assert "| 205.0 ± 7.1 |" in text
     assert "| 192.0 ± 2.8 | -13.0 |" in text
+
+
+@pytest.mark.parametrize(
+    "variants_file,config_file",
+    [("textcat_ablation.json", "textcat_bilstm.cfg"), ("lm_ablation.json", "lm_ptb_cpu.cfg")],
+)
+def test_every_shipped_ablation_variant_builds_its_pipeline(variants_file, config_file):
+    """A typo in a variant's dotted key would only fail after the earlier
+    variants had trained for an hour: build each variant's pipeline here."""
+    from spacy.util import load_config, load_model_from_config
+
+    from spacy_rnn.optimization.ablation import load_variants
+
+    variants = load_variants(ROOT / "configs" / "search" / variants_file)
+    for name, values in variants.items():
+        config = load_config(ROOT / "configs" / config_file, overrides=dict(values))
+        nlp = load_model_from_config(config, auto_fill=True, validate=True)
+        for key, value in values.items():
+            section, *path = key.split(".")
+            node = nlp.config[section]
+            for part in path:
+                node = node[part]
+            if isinstance(value, dict):  # auto-fill adds defaults
+                node = {k: node[k] for k in value}
+            assert node == value, (name, key)
