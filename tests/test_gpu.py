@@ -45,17 +45,25 @@ def test_train_on_gpu_then_predict_on_cpu(tmp_path):
     texts = ["works great", "broke after two days"]
     gpu_scores = [[d.cats[k] for k in sorted(d.cats)] for d in nlp.pipe(texts)]
     nlp.to_disk(tmp_path / "pipeline")
+    cpu_scores = _scores_in_a_cpu_process(
+        tmp_path / "pipeline", texts, "[d.cats[k] for k in sorted(d.cats)]"
+    )
+    assert numpy.allclose(numpy.asarray(gpu_scores), numpy.asarray(cpu_scores), atol=1e-4)
+
+
+def _scores_in_a_cpu_process(path, texts, expression):
+    # A fresh process that cannot see the GPU loads the pipeline and prints
+    # `expression` (of `d`) for each doc.
+    import json
+
     script = (
         "import json, spacy\n"
-        f"nlp = spacy.load({str(tmp_path / 'pipeline')!r})\n"
-        f"print(json.dumps([[d.cats[k] for k in sorted(d.cats)] for d in nlp.pipe({texts!r})]))\n"
+        f"nlp = spacy.load({str(path)!r})\n"
+        f"print(json.dumps([{expression} for d in nlp.pipe({texts!r})]))\n"
     )
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
-    import json
-
-    cpu_scores = json.loads(out.stdout.strip().splitlines()[-1])
-    assert numpy.allclose(numpy.asarray(gpu_scores), numpy.asarray(cpu_scores), atol=1e-4)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def test_mixed_precision_encoder_runs():
@@ -173,18 +181,9 @@ def test_lm_mixed_precision_skips_overflowing_steps():
 
 
 def test_lm_trained_on_gpu_scores_the_same_on_cpu(tmp_path):
-    import json
-
     nlp, lm, _ = _train_lm_on_gpu(False, steps=5)
     texts = ["the cat sat on the mat", "a dog"]
     gpu_scores = [d._.lm_logprob for d in nlp.pipe(texts)]
     nlp.to_disk(tmp_path / "lm")
-    script = (
-        "import json, spacy, spacy_rnn\n"
-        f"nlp = spacy.load({str(tmp_path / 'lm')!r})\n"
-        f"print(json.dumps([d._.lm_logprob for d in nlp.pipe({texts!r})]))\n"
-    )
-    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
-    cpu_scores = json.loads(out.stdout.strip().splitlines()[-1])
+    cpu_scores = _scores_in_a_cpu_process(tmp_path / "lm", texts, "d._.lm_logprob")
     assert numpy.allclose(gpu_scores, cpu_scores, atol=1e-3)
