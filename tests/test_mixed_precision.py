@@ -154,3 +154,18 @@ def test_encoder_mixed_precision_trains_on_cpu_in_bfloat16():
     assert all(p.dtype == torch.float32 for p in shim._model.parameters())
     Y = model.predict(Xs)
     assert all(numpy.isfinite(y).all() for y in Y)
+
+
+def test_evaluate_lm_float32_overrides_a_mixed_precision_pipeline(tmp_path):
+    from spacy_rnn.cli.evaluate_lm import evaluate_lm_file
+
+    from .test_language_model import STREAM
+
+    nlp, lm, _ = _trained(True, epochs=5)
+    nlp.to_disk(tmp_path / "lm")
+    mixed = evaluate_lm_file(tmp_path / "lm", STREAM, batch_size=3, bptt=5)
+    full = evaluate_lm_file(tmp_path / "lm", STREAM, batch_size=3, bptt=5, float32=True)
+    assert mixed["mixed_precision"] is True and full["mixed_precision"] is False
+    assert mixed["tokens"] == full["tokens"] == 318
+    assert mixed["nll"] != full["nll"]
+    assert mixed["perplexity"] == pytest.approx(full["perplexity"], rel=0.05)

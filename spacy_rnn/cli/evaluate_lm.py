@@ -9,7 +9,12 @@ from ._app import app
 
 
 def evaluate_lm_file(
-    pipeline_dir, token_file, batch_size: int = 10, bptt: int = 35, component: Optional[str] = None
+    pipeline_dir,
+    token_file,
+    batch_size: int = 10,
+    bptt: int = 35,
+    component: Optional[str] = None,
+    float32: bool = False,
 ) -> dict:
     """Standard-protocol scores of a token file under a saved ``rnn_lm``.
 
@@ -18,7 +23,10 @@ def evaluate_lm_file(
     batch_size (int): Parallel stream columns.
     bptt (int): Window length.
     component (Optional[str]): LM component name; None: the only ``rnn_lm``.
-    RETURNS (dict): tokens, nll, perplexity and more (see ``evaluate_stream``).
+    float32 (bool): Evaluate in float32 even if the component is set to
+        mixed precision.
+    RETURNS (dict): tokens, nll, perplexity and more (see ``evaluate_stream``),
+        and ``mixed_precision``: whether autocast was on.
     """
     import spacy
 
@@ -27,9 +35,13 @@ def evaluate_lm_file(
 
     nlp = spacy.load(pipeline_dir)
     lm = _find_lm(nlp, component, pipeline_dir)
+    shim = lm.model.shims[0]
+    if float32:
+        shim.wants_mixed_precision = False
     tokens = read_stream(token_file)
     result = lm.evaluate_stream(tokens, batch_size=batch_size, bptt=bptt)
     result["file"] = str(token_file)
+    result["mixed_precision"] = bool(shim.wants_mixed_precision)
     return result
 
 
@@ -42,6 +54,7 @@ def evaluate_lm_cli(
     batch_size: int = typer.Option(10, "--batch-size", help="Parallel stream columns"),
     bptt: int = typer.Option(35, "--bptt", help="Window length (state is carried across windows)"),
     component: Optional[str] = typer.Option(None, "--component", help="LM component name (default: the only rnn_lm)"),
+    float32: bool = typer.Option(False, "--float32", help="Evaluate in float32 even if the component uses mixed precision"),
 ):
     """Standard-protocol perplexity: the file is one stream, dealt into
     --batch-size contiguous columns, state carried across windows, every
@@ -54,7 +67,8 @@ def evaluate_lm_cli(
         require_gpu(gpu_id)
     try:
         result = evaluate_lm_file(
-            pipeline_dir, token_file, batch_size=batch_size, bptt=bptt, component=component
+            pipeline_dir, token_file, batch_size=batch_size, bptt=bptt,
+            component=component, float32=float32,
         )
     except (TokenFileError, ValueError, OSError) as err:
         msg.fail(str(err), exits=1)
