@@ -272,6 +272,16 @@ def deserialize_quantized_stack(module: RNNStack, data: bytes, device=None) -> R
                 f"quantised encoder's config: {err}"
             ) from None
         return quantize_stack(float_stack, settings)
+    return load_int8_stack_state(module, state)
+
+
+def load_int8_stack_state(module: RNNStack, state: Dict[str, torch.Tensor]) -> RNNStack:
+    """Load tensors from ``quantized_state`` into a quantised stack.
+
+    module (RNNStack): A quantised stack of the same shape.
+    state (Dict[str, torch.Tensor]): The stored tensors.
+    RETURNS (RNNStack): The stack, in eval mode.
+    """
     expected = set(quantized_state(module))
     if set(state) != expected:
         missing = sorted(expected - set(state))

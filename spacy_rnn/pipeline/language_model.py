@@ -77,6 +77,7 @@ tar_beta = 0.0
 init_vectors = false
 mixed_precision = false
 grad_scaler = null
+int8 = false
 
 [lm.scorer]
 @scorers = "spacy_rnn.lm_scorer.v1"
@@ -95,6 +96,8 @@ MODULE_SETTINGS = (
     "bidirectional", "dropout", "tied", "softmax", "cutoffs", "div_value", "init",
 )
 # Regularisers: they change training, not the module's shape.
+# Decided by the config when the component is built, never by stored cfg.
+CONSTRUCTOR_SETTINGS = ("int8", "mixed_precision")
 
 
 def register_extensions() -> None:
@@ -160,6 +163,7 @@ def make_rnn_lm(
     init_vectors: bool = False,
     mixed_precision: bool = False,
     grad_scaler: Optional[PyTorchGradScaler] = None,
+    int8: bool = False,
 ) -> "RNNLanguageModelPipe":
     """Create a recurrent word language model component.
 
@@ -197,6 +201,8 @@ def make_rnn_lm(
         loss scaling on CUDA, bfloat16 on CPU.
     grad_scaler (Optional[PyTorchGradScaler]): The loss scaler used on CUDA
         with mixed precision (default: Thinc's, with its default settings).
+    int8 (bool): Inference only, on CPU: dynamically quantised int8 recurrent
+        cells and output layer (set by ``python -m spacy_rnn quantize``).
     RETURNS (RNNLanguageModelPipe): The component.
     """
     cfg = dict(
@@ -206,7 +212,7 @@ def make_rnn_lm(
         softmax=softmax, cutoffs=list(cutoffs), div_value=div_value, init=init,
         bptt=bptt, weight_drop=weight_drop, locked_dropout=locked_dropout,
         embed_dropout=embed_dropout, ar_alpha=ar_alpha, tar_beta=tar_beta,
-        init_vectors=init_vectors, mixed_precision=mixed_precision,
+        init_vectors=init_vectors, mixed_precision=mixed_precision, int8=int8,
     )
     model = build_lm_model(cfg, grad_scaler=grad_scaler)
     return RNNLanguageModelPipe(nlp.vocab, model, name, cfg=cfg, scorer=scorer)
@@ -225,7 +231,7 @@ def build_lm_model(
     """
     if cfg["bptt"] < 1:
         raise ValueError(f"rnn_lm: bptt must be at least 1, got {cfg['bptt']}")
-    module = RNNLanguageModel(
+    settings = dict(
         vocab_size=cfg["vocab_size"],
         embed_width=cfg["embed_width"],
         hidden_width=cfg["hidden_width"],
@@ -242,6 +248,16 @@ def build_lm_model(
         locked_dropout=cfg.get("locked_dropout", False),
         embed_dropout=cfg.get("embed_dropout", 0.0),
     )
+    module = RNNLanguageModel(**settings)
+    if cfg.get("int8"):
+        from ..compression.int8_lm import int8_serializers, quantize_lm
+
+        # int8 kernels are CPU-only; the component feeds the module on its
+        # own device, so the whole model stays on the CPU.
+        shim = InPlacePyTorchShim(
+            quantize_lm(module, settings), device=torch.device("cpu"), **int8_serializers()
+        )
+        return Model("rnn_lm_int8", _shim_forward, shims=[shim])
     # In-place optimiser steps: Thinc's own shim grows by one copy of the
     # weights per step (spacy_rnn/layers/torch_shim.py).
     shim = InPlacePyTorchShim(
@@ -365,6 +381,12 @@ class RNNLanguageModelPipe(TrainablePipe):
         if losses is None:
             losses = {}
         losses.setdefault(self.name, 0.0)
+        if self.cfg.get("int8"):
+            raise ValueError(
+                f"rnn_lm '{self.name}' has int8 weights, which are for inference "
+                f"only. Train or fine-tune the float pipeline and run `python -m "
+                f"spacy_rnn quantize` again."
+            )
         examples = list(examples)
         validate_examples(examples, "RNNLanguageModelPipe.update")
         docs = [eg.predicted for eg in examples]
@@ -759,6 +781,9 @@ class RNNLanguageModelPipe(TrainablePipe):
         return self
 
     def _load_cfg(self, cfg: Dict[str, Any]) -> None:
+        # How the module was built (int8, autocast) is the config's call: a
+        # float pipeline's stored cfg is loaded into its int8 copy.
+        cfg = {k: v for k, v in cfg.items() if k not in CONSTRUCTOR_SETTINGS}
         changed = [k for k in MODULE_SETTINGS if k in cfg and not _same(cfg[k], self.cfg.get(k))]
         if changed:
             raise ValueError(
