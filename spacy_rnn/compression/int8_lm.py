@@ -3,11 +3,11 @@
 stored as safetensors.
 
 What is quantised: the LSTM / GRU cells of both stacks (int8 weights, float
-activations, PyTorch's dynamic kernels) and the ``nn.Linear`` output layer
-and projection, which dominate an LM's inference time at a 10k vocabulary.
-The embedding stays float32 (a lookup, no matmul), and so does an adaptive
-softmax. With tied weights the embedding keeps its float copy and the
-output layer gets an int8 one.
+activations, PyTorch's dynamic kernels) and every ``nn.Linear`` outside
+them: the output layer (or the adaptive softmax's head and tail layers) and
+the projection, which dominate an LM's inference time at a 10k vocabulary.
+The embedding stays float32 (a lookup, no matmul). With tied weights the
+embedding keeps its float copy and the output layer gets an int8 one.
 
 Storage follows ``spacy_rnn/layers/quantized_encoder.py``: each int8 matrix
 is a plain ``int8`` tensor plus one float32 scale per row, never PyTorch's
@@ -37,7 +37,6 @@ from ..serialization import _looks_like_pickle, load_state_bytes
 from ..torch_modules.language_model import RNNLanguageModel
 
 STACKS = ("fwd", "bwd")
-LINEARS = ("out", "proj")
 
 
 def quantize_lm(module: RNNLanguageModel, settings: Dict[str, Any]) -> RNNLanguageModel:
@@ -53,10 +52,8 @@ def quantize_lm(module: RNNLanguageModel, settings: Dict[str, Any]) -> RNNLangua
         stack = getattr(module, name)
         if stack is not None:
             quantize_stack(stack)
-    for name in LINEARS:
-        layer = getattr(module, name)
-        if isinstance(layer, nn.Linear):
-            setattr(module, name, _quantized_linear(layer.weight, layer.bias))
+    for name, layer in _linears(module, nn.Linear):
+        _replace(module, name, _quantized_linear(layer.weight, layer.bias))
     return module
 
 
@@ -73,14 +70,12 @@ def int8_state(module: RNNLanguageModel) -> Dict[str, torch.Tensor]:
         if stack is not None:
             for key, tensor in quantized_state(stack).items():
                 state[f"{name}.{key}"] = tensor
-    for name in LINEARS:
-        layer = getattr(module, name)
-        if _is_quantized_linear(layer):
-            weight, bias = _linear_weight_bias(layer)
-            state[name + INT8_SUFFIX] = weight.int_repr().contiguous().clone()
-            state[name + SCALE_SUFFIX] = weight.q_per_channel_scales().float().contiguous()
-            if bias is not None:
-                state[name + ".bias"] = bias.detach().float().contiguous().clone()
+    for name, layer in _linears(module, None):
+        weight, bias = _linear_weight_bias(layer)
+        state[name + INT8_SUFFIX] = weight.int_repr().contiguous().clone()
+        state[name + SCALE_SUFFIX] = weight.q_per_channel_scales().float().contiguous()
+        if bias is not None:
+            state[name + ".bias"] = bias.detach().float().contiguous().clone()
     covered = tuple(f"{name}." for name in STACKS)
     for key, tensor in list(module.named_parameters()) + list(module.named_buffers()):
         if not key.startswith(covered):
@@ -143,15 +138,14 @@ def deserialize_int8_lm(module: RNNLanguageModel, data: bytes, device=None) -> R
             load_int8_stack_state(
                 stack, {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
             )
-    for name in LINEARS:
-        if _is_quantized_linear(getattr(module, name)):
-            setattr(
-                module,
-                name,
-                _linear_from_int8(
-                    state[name + INT8_SUFFIX], state[name + SCALE_SUFFIX], state.get(name + ".bias")
-                ),
-            )
+    for name, _ in _linears(module, None):
+        _replace(
+            module,
+            name,
+            _linear_from_int8(
+                state[name + INT8_SUFFIX], state[name + SCALE_SUFFIX], state.get(name + ".bias")
+            ),
+        )
     floats = dict(module.named_parameters())
     floats.update(dict(module.named_buffers()))
     with torch.no_grad():
@@ -190,8 +184,22 @@ def _linear_from_int8(values: torch.Tensor, scale: torch.Tensor, bias) -> nn.Mod
     return layer
 
 
-def _is_quantized_linear(layer) -> bool:
-    return layer is not None and type(layer).__module__.startswith("torch.ao.nn.quantized")
+def _linears(module: nn.Module, kind):
+    # (qualified name, layer) of the Linear layers outside the recurrent
+    # stacks: float ones (kind=nn.Linear) or dynamic int8 ones (kind=None).
+    import torch.ao.nn.quantized.dynamic as nnqd
+
+    cls = nnqd.Linear if kind is None else kind
+    return [
+        (name, layer)
+        for name, layer in module.named_modules()
+        if type(layer) is cls and not name.startswith(tuple(f"{s}." for s in STACKS))
+    ]
+
+
+def _replace(module: nn.Module, name: str, layer: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(module.get_submodule(parent) if parent else module, child, layer)
 
 
 def _linear_weight_bias(layer):
