@@ -42,6 +42,11 @@ def create_load_lm_encoder(
 
         lm_nlp = spacy.load(path)
         lm = _find_lm(lm_nlp, lm_component, path)
+        if lm.cfg.get("int8"):
+            raise ValueError(
+                f"load_lm_encoder: the rnn_lm in {path} has int8 weights (made by "
+                f"`quantize`, for inference only); point it at the float pipeline"
+            )
         copy_lm_to_encoder(lm.module, find_rnn_encoders(nlp, component), n_layers)
         return nlp
 

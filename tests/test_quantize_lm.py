@@ -134,3 +134,14 @@ def test_quantize_cli_reports_perplexity(float_and_int8, tmp_path):
     assert set(report["perplexity"]) == {"before", "after", "change"}
     assert report["size_bytes"]["after"] < report["size_bytes"]["before"]
     assert spacy.load(tmp_path / "q").get_pipe("rnn_lm").cfg["int8"] is True
+
+
+def test_int8_lm_cannot_initialise_an_encoder(tmp_path):
+    from .test_language_model import _save_bidirectional_lm, _textcat_with_transfer
+    from .util import fixture_examples
+
+    _save_bidirectional_lm(tmp_path / "lm")
+    quantize_pipeline(tmp_path / "lm", tmp_path / "lm_int8")
+    nlp = _textcat_with_transfer(tmp_path / "lm_int8")
+    with pytest.raises(ValueError, match="int8 weights"):
+        nlp.initialize(lambda: fixture_examples(nlp))
