@@ -20,11 +20,9 @@ import warnings
 from typing import Any, Callable, Dict
 
 import torch
-from safetensors.torch import save as safetensors_save
 from torch import nn
 
 from ..layers.quantized_encoder import (
-    INT8_FORMAT_TAG,
     INT8_SUFFIX,
     SCALE_SUFFIX,
     _to_qtensor,
@@ -32,8 +30,9 @@ from ..layers.quantized_encoder import (
     quantize_rows,
     quantize_stack,
     quantized_state,
+    save_int8_state,
 )
-from ..serialization import _looks_like_pickle, load_state_bytes
+from ..serialization import load_state_bytes
 from ..torch_modules.language_model import RNNLanguageModel
 
 STACKS = ("fwd", "bwd")
@@ -89,16 +88,7 @@ def serialize_int8_lm(module: RNNLanguageModel) -> bytes:
     module (RNNLanguageModel): The quantised model.
     RETURNS (bytes): A safetensors blob.
     """
-    state = int8_state(module)
-    metadata = {"format": INT8_FORMAT_TAG, "scheme": "int8-per-row-symmetric"}
-    data = safetensors_save(state, metadata=metadata)
-    pad = 1
-    # See serialize_quantized_stack: keep the header length off the bytes
-    # that the safe loader takes for a pickle or zip.
-    while _looks_like_pickle(data):
-        data = safetensors_save(state, metadata={**metadata, "pad": " " * pad})
-        pad += 1
-    return data
+    return save_int8_state(int8_state(module))
 
 
 def deserialize_int8_lm(module: RNNLanguageModel, data: bytes, device=None) -> RNNLanguageModel:

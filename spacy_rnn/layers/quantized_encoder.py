@@ -233,7 +233,15 @@ def serialize_quantized_stack(module: RNNStack) -> bytes:
     module (RNNStack): The quantised stack.
     RETURNS (bytes): A safetensors blob.
     """
-    state = quantized_state(module)
+    return save_int8_state(quantized_state(module))
+
+
+def save_int8_state(state: Dict[str, torch.Tensor]) -> bytes:
+    """Write int8 weights, scales and float tensors as safetensors bytes.
+
+    state (Dict[str, torch.Tensor]): The tensors.
+    RETURNS (bytes): A safetensors blob the safe loader accepts.
+    """
     metadata = {"format": INT8_FORMAT_TAG, "scheme": "int8-per-row-symmetric"}
     data = safetensors_save(state, metadata=metadata)
     # A safetensors blob starts with its header length; the loader refuses
