@@ -41,6 +41,8 @@ def parse_args(argv=None):
     p.add_argument("--vocab-size", type=int, default=lm_throughput.SIZES["vocab_size"])
     p.add_argument("--width", type=int, default=lm_throughput.SIZES["hidden_width"])
     p.add_argument("--top", type=int, default=15)
+    p.add_argument("--mixed-precision", action="store_true",
+                   help="profile rnn_lm with mixed_precision = true")
     _common.add_common_args(p)
     return p.parse_args(argv)
 
@@ -78,6 +80,7 @@ def main(argv=None):
     top = sorted(stats.items(), key=lambda kv: -kv[1][2])[: args.top]
     result = {
         "benchmark": "profile_lm",
+        "mixed_precision": bool(args.mixed_precision),
         **_common.machine_info(threads, device),
         "steps": round(steps, 1),
         "ms_per_step": seconds * 1000 / steps,
