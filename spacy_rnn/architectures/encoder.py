@@ -50,7 +50,8 @@ def build_rnn_encoder(
     input_dropout (float): Dropout on the encoder's input vectors.
     output_dropout (float): Dropout on the encoder's output vectors.
     weight_drop (float): DropConnect rate on the hidden-to-hidden weights.
-    mixed_precision (bool): Run the recurrent layers under CUDA autocast.
+    mixed_precision (bool): Run the recurrent layers under autocast: float16
+        with loss scaling on CUDA, bfloat16 on CPU.
     grad_scaler (Optional[PyTorchGradScaler]): Gradient scaler for mixed
         precision.
     RETURNS (Model[List[Floats2d], List[Floats2d]]): The encoder.
