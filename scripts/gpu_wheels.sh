@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Run HERE (the dev machine) before a session's GPU runs: fetches the cp312
+# wheels the lent GPU machine lacks (its image has Python 3.12, CUDA PyTorch,
+# CuPy, numpy, pytest and safetensors, but no spaCy or Thinc) into .whl/,
+# plus a wheel of spacy-rnn itself so its entry points exist there.
+# Then: device run with carry [".whl"] and command `bash scripts/gpu_check.sh`.
+# The wheels travel with the working tree (64 MiB limit): check `du -sh .whl`.
+# .whl/ is in .gitignore, so it travels only when carried.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+rm -rf .whl && mkdir -p .whl
+# Versions pinned to what CI tests here. `datasets` and its own needs are
+# left out: only the corpus readers import it, and no GPU test does.
+PKGS="spacy==3.8.18 thinc==8.3.14 blis==1.3.4 cymem==2.0.16 preshed==3.0.15
+murmurhash==1.0.16 srsly==2.5.6 wasabi==1.1.3 catalogue==2.0.10 confection==1.3.4
+weasel==1.0.1 cloudpathlib==0.26.0 smart-open==9.0.2 spacy-legacy==3.0.12
+spacy-loggers==1.0.5 pydantic==2.14.3 pydantic-core==2.50.4 annotated-types==0.8.0
+typing-inspection==0.4.5"
+"$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+  --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
+  --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
+  --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .whl $PKGS
+"$PY" -m pip wheel -q --no-deps --no-build-isolation -w .whl .
+# ../shared does not travel, shared/ inside the checkout does (and is
+# ignored by git): a PTB slice for the throughput benchmark, small enough to
+# keep wheels + tree under the limit (the benchmark loops over it).
+if [ -d ../shared/data/ptb ]; then
+  mkdir -p shared/ptb
+  head -n 12000 ../shared/data/ptb/ptb.train.txt > shared/ptb/ptb.train.txt
+  head -n 2000 ../shared/data/ptb/ptb.valid.txt > shared/ptb/ptb.valid.txt
+fi
+du -sh .whl shared 2>/dev/null
