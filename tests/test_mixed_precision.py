@@ -169,3 +169,17 @@ def test_evaluate_lm_float32_overrides_a_mixed_precision_pipeline(tmp_path):
     assert mixed["tokens"] == full["tokens"] == 318
     assert mixed["nll"] != full["nll"]
     assert mixed["perplexity"] == pytest.approx(full["perplexity"], rel=0.05)
+
+
+def test_warns_when_the_cpu_has_no_bfloat16_units(monkeypatch):
+    from spacy_rnn.layers import torch_shim
+
+    monkeypatch.setattr(torch_shim, "cpu_has_bfloat16", lambda: False)
+    with pytest.warns(UserWarning, match="without bfloat16"):
+        make_lm(mixed_precision=True)
+    monkeypatch.setattr(torch_shim, "cpu_has_bfloat16", lambda: True)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        make_lm(mixed_precision=True)

@@ -21,6 +21,7 @@ at the first backward pass. Here it means bfloat16 autocast on CPU (which
 has float32's range, so no loss scaling) and Thinc's behaviour on CUDA.
 """
 import contextlib
+import warnings
 from typing import Dict, Optional
 
 import torch
@@ -28,6 +29,14 @@ from thinc.api import Optimizer, PyTorchGradScaler, PyTorchShim
 from thinc.util import get_torch_default_device, torch2xp, xp2torch
 
 from ..optimization.torch_adam import thinc_adam_step
+
+
+def cpu_has_bfloat16() -> bool:
+    """Whether this CPU computes in bfloat16 natively (AVX512-BF16 or AMX);
+    torch's private probes, so an unknown answer counts as yes."""
+    probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    probes = [p for p in probes if p is not None]
+    return not probes or any(bool(p()) for p in probes)
 
 
 class InPlacePyTorchShim(PyTorchShim):
@@ -56,6 +65,14 @@ class InPlacePyTorchShim(PyTorchShim):
             **kwargs,
         )
         self.wants_mixed_precision = bool(mixed_precision)
+        if mixed_precision and device.type == "cpu" and not cpu_has_bfloat16():
+            warnings.warn(
+                "spacy-rnn: mixed_precision = true on a CPU without bfloat16 "
+                "instructions (AVX512-BF16 or AMX): autocast will emulate "
+                "bfloat16 and run slower than float32. Set mixed_precision = "
+                "false here.",
+                stacklevel=2,
+            )
         # Work buffers of the Adam step, reused so that large parameters
         # don't allocate fresh memory on every step.
         self._scratch: Dict[str, torch.Tensor] = {}
