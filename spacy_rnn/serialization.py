@@ -45,16 +45,27 @@ def deserialize_torch_module(
     RETURNS (torch.nn.Module): The same module with the loaded weights.
     """
     state = load_state_bytes(data, what=type(module).__name__)
+    load_state_strict(
+        module,
+        state,
+        f"the stored weights do not fit the {type(module).__name__} built from the "
+        f"pipeline's config (was the config edited after training?)",
+    )
+    module.to(device)
+    return module
+
+
+def load_state_strict(module: torch.nn.Module, state: Dict[str, torch.Tensor], problem: str) -> None:
+    """Load a state dict that must match the module exactly.
+
+    module (torch.nn.Module): The module.
+    state (Dict[str, torch.Tensor]): The tensors.
+    problem (str): What a mismatch means, for the error message.
+    """
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as err:
-        raise ValueError(
-            f"spacy-rnn: the stored weights do not fit the {type(module).__name__} "
-            f"built from the pipeline's config (was the config edited after "
-            f"training?): {err}"
-        ) from None
-    module.to(device)
-    return module
+        raise ValueError(f"spacy-rnn: {problem}: {err}") from None
 
 
 def load_state_bytes(data: bytes, what: str = "model") -> Dict[str, torch.Tensor]:

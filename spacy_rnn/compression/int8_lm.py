@@ -32,7 +32,7 @@ from ..layers.quantized_encoder import (
     quantized_state,
     save_int8_state,
 )
-from ..serialization import load_state_bytes
+from ..serialization import load_state_bytes, load_state_strict
 from ..torch_modules.language_model import RNNLanguageModel
 
 STACKS = ("fwd", "bwd")
@@ -106,13 +106,11 @@ def deserialize_int8_lm(module: RNNLanguageModel, data: bytes, device=None) -> R
         raise ValueError("spacy-rnn: int8 language model built without its settings")
     if not any(key.endswith(INT8_SUFFIX) for key in state):
         float_module = RNNLanguageModel(**settings)
-        try:
-            float_module.load_state_dict(state, strict=True)
-        except RuntimeError as err:
-            raise ValueError(
-                f"spacy-rnn: the stored float language model weights do not fit "
-                f"the int8 model built from the config: {err}"
-            ) from None
+        load_state_strict(
+            float_module,
+            state,
+            "the stored float language model weights do not fit the int8 model built from the config",
+        )
         return quantize_lm(float_module, settings)
     expected = set(int8_state(module))
     if set(state) != expected:

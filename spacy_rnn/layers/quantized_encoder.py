@@ -22,7 +22,7 @@ from safetensors.torch import save as safetensors_save
 from thinc.api import Model, PyTorchShim
 from thinc.types import Floats2d
 
-from ..serialization import _looks_like_pickle, load_state_bytes
+from ..serialization import _looks_like_pickle, load_state_bytes, load_state_strict
 from ..torch_modules.rnn_stack import RNNStack
 from .rnn_encoder import init_encoder
 
@@ -272,13 +272,9 @@ def deserialize_quantized_stack(module: RNNStack, data: bytes, device=None) -> R
     if not any(key.endswith(INT8_SUFFIX) for key in state):
         # Float weights from spacy-rnn.RNNEncoder.v1: quantise them now.
         float_stack = RNNStack(**settings)
-        try:
-            float_stack.load_state_dict(state, strict=True)
-        except RuntimeError as err:
-            raise ValueError(
-                f"spacy-rnn: the stored float encoder weights do not fit the "
-                f"quantised encoder's config: {err}"
-            ) from None
+        load_state_strict(
+            float_stack, state, "the stored float encoder weights do not fit the quantised encoder's config"
+        )
         return quantize_stack(float_stack, settings)
     return load_int8_stack_state(module, state)
 
