@@ -144,5 +144,6 @@ class InPlacePyTorchShim(PyTorchShim):
             new, _ = optimizer((self.id, name), torch2xp(param.data), torch2xp(param.grad))
             new_t = xp2torch(new, device=param.device)
             if new_t.data_ptr() != param.data_ptr():
-                with torch.no_grad():
-                    param.copy_(new_t)
+                # Through ``.data``, like ``thinc_adam_step``: a listener may
+                # still backpropagate through this step's forward pass.
+                param.data.copy_(new_t)

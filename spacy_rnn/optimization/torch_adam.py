@@ -53,6 +53,13 @@ def thinc_adam_step(
     with torch.no_grad():
         for name, param in named_params:
             grad = param.grad
+            # Write through ``.data``, which autograd's version check does not
+            # see: spaCy's ``Language.update`` steps a ``tok2vec`` before its
+            # listeners backpropagate through the graph of that same forward
+            # pass, and an in-place write to the parameter itself would make
+            # that backward pass fail. Thinc's own shim assigns ``.data``, so
+            # the stale graph sees the new weights there too.
+            param = param.data
             if grad is None or grad.numel() == 0:
                 continue
             key = (shim_id, name)
