@@ -146,3 +146,89 @@ def test_listener_variants_train_and_round_trip(cell, encode):
         for label, value in want.cats.items():
             assert got.cats[label] == pytest.approx(value, abs=1e-6)
         numpy.testing.assert_allclose(got.tensor, want.tensor, atol=1e-6)
+
+
+def _predictions(nlp, texts):
+    return [([t.tag_ for t in doc], doc.cats) for doc in nlp.pipe(texts)]
+
+
+def _assert_same(a, b):
+    for (tags_a, cats_a), (tags_b, cats_b) in zip(a, b):
+        assert tags_a == tags_b
+        for label, value in cats_a.items():
+            assert cats_b[label] == pytest.approx(value, abs=1e-6)
+
+
+def test_replace_listeners_gives_each_component_its_own_encoder(tmp_path):
+    fix_random_seed(0)
+    nlp = spacy.util.load_model_from_config(_config(), auto_fill=True, validate=True)
+    examples = _examples(nlp)
+    optimizer = nlp.initialize(lambda: examples)
+    _train(nlp, examples, optimizer, 5)
+    texts = [eg.reference.text for eg in examples[:8]]
+    shared = _predictions(nlp, texts)
+    # What `spacy assemble` / sourcing a component does.
+    for name in ("textcat", "tagger"):
+        nlp.replace_listeners("tok2vec", name, ["model.tok2vec"])
+    nlp.remove_pipe("tok2vec")
+    _assert_same(shared, _predictions(nlp, texts))
+    (textcat_rnn,) = find_rnn_encoders(nlp, "textcat")
+    (tagger_rnn,) = find_rnn_encoders(nlp, "tagger")
+    assert next(textcat_rnn.parameters()).data_ptr() != next(tagger_rnn.parameters()).data_ptr()
+    # The copies train on their own and save and load.
+    before = next(tagger_rnn.parameters()).detach().clone()
+    nlp.update(examples, sgd=optimizer, exclude=["tagger"])
+    assert torch.equal(next(tagger_rnn.parameters()), before)
+    nlp.to_disk(tmp_path / "pipeline")
+    _assert_same(_predictions(nlp, texts), _predictions(spacy.load(tmp_path / "pipeline"), texts))
+
+
+def test_spacy_pretrain_output_initialises_the_rnn_tok2vec(tmp_path):
+    """`spacy pretrain` trains the RNN tok2vec, and `[paths] init_tok2vec`
+    loads exactly those weights."""
+    import json
+    import subprocess
+    import sys
+
+    from spacy.training.initialize import init_nlp
+    from spacy.tokens import DocBin
+
+    nlp = spacy.util.load_model_from_config(_config(), auto_fill=True, validate=True)
+    examples = _examples(nlp)
+    DocBin(docs=[eg.reference for eg in examples]).to_disk(tmp_path / "train.spacy")
+    with (tmp_path / "raw.jsonl").open("w") as f:
+        for eg in examples:
+            f.write(json.dumps({"text": eg.reference.text}) + "\n")
+    config = nlp.config.copy()
+    config["paths"].update({"train": "train.spacy", "dev": "train.spacy", "raw_text": "raw.jsonl"})
+    config.to_disk(tmp_path / "partial.cfg")
+    run = lambda *args: subprocess.run(  # noqa: E731
+        [sys.executable, "-m", "spacy", *args], cwd=tmp_path, capture_output=True, text=True
+    )
+    filled = run("init", "fill-config", "partial.cfg", "config.cfg", "--pretraining")
+    assert filled.returncode == 0, filled.stderr
+    pretrained = run("pretrain", "config.cfg", "pretrain", "--pretraining.max_epochs", "2")
+    assert pretrained.returncode == 0, pretrained.stdout + pretrained.stderr
+    weights = tmp_path / "pretrain" / "model-last.bin"
+    assert weights.exists()
+
+    def encoder(init_tok2vec):
+        config = spacy.util.load_config(
+            tmp_path / "config.cfg",
+            overrides={
+                "paths.train": str(tmp_path / "train.spacy"),
+                "paths.dev": str(tmp_path / "train.spacy"),
+                "paths.init_tok2vec": init_tok2vec,
+            },
+        )
+        (stack,) = find_rnn_encoders(init_nlp(config), "tok2vec")
+        return stack.state_dict()
+
+    fresh, loaded = encoder(None), encoder(str(weights))
+    reference = spacy.util.load_model_from_config(_config(), auto_fill=True, validate=True)
+    reference.initialize(lambda: examples)
+    reference.get_pipe("tok2vec").model.from_bytes(weights.read_bytes())
+    (expected,) = find_rnn_encoders(reference, "tok2vec")
+    for name, value in expected.state_dict().items():
+        assert torch.equal(loaded[name], value), name
+    assert any(not torch.equal(fresh[name], loaded[name]) for name in fresh)
