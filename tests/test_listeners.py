@@ -232,3 +232,33 @@ def test_spacy_pretrain_output_initialises_the_rnn_tok2vec(tmp_path):
     for name, value in expected.state_dict().items():
         assert torch.equal(loaded[name], value), name
     assert any(not torch.equal(fresh[name], loaded[name]) for name in fresh)
+
+
+def test_ner_learns_through_an_rnn_tok2vec_listener():
+    fix_random_seed(0)
+    config = _config()
+    config["nlp"]["pipeline"] = ["tok2vec", "ner"]
+    del config["components"]["textcat"], config["components"]["tagger"]
+    config["components"]["ner"] = {
+        "factory": "ner",
+        "model": {
+            "@architectures": "spacy.TransitionBasedParser.v2",
+            "state_type": "ner",
+            "extra_state_tokens": False,
+            "hidden_width": 32,
+            "maxout_pieces": 2,
+            "use_upper": True,
+            "tok2vec": _listener(),
+        },
+    }
+    nlp = spacy.util.load_model_from_config(config, auto_fill=True, validate=True)
+    marked = {"great", "perfectly", "love", "excellent", "terrible", "damaged"}
+    examples = []
+    for eg in fixture_examples(nlp):
+        doc = nlp.make_doc(eg.reference.text)
+        spans = [(t.idx, t.idx + len(t), "SENT") for t in doc if t.lower_ in marked]
+        examples.append(Example.from_dict(doc, {"entities": spans}))
+    assert sum(len(eg.reference.ents) for eg in examples) >= 10
+    optimizer = nlp.initialize(lambda: examples)
+    _train(nlp, examples, optimizer, 70)
+    assert _scores(nlp, examples)["ents_f"] >= 0.95
