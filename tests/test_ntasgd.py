@@ -118,21 +118,38 @@ def test_evaluation_uses_the_average_after_the_trigger():
     assert avg_score != pytest.approx(raw_score, rel=1e-6)
 
 
-def test_adam_averages_are_not_swapped_into_the_lm():
-    # Thinc's own (id, name) averages keep being ignored by rnn_lm (as
-    # before): only NT-ASGD's shim-format keys change evaluation.
+@pytest.mark.parametrize("component", ["rnn_lm", "rnn_textcat"])
+def test_adam_averages_are_swapped_into_torch_weights(component):
+    """With Thinc's Adam and ``use_averages = true``, spaCy evaluates and saves
+    inside ``nlp.use_params(optimizer.averages)``: the recurrent weights must be
+    averaged there like the Thinc layers (they once stayed raw)."""
     from thinc.api import Adam
 
+    from .util import blank_with_textcat, fixture_examples
+
     fix_random_seed(0)
-    nlp = spacy.blank("en")
-    lm = nlp.add_pipe("rnn_lm", config=TINY)
-    corpus = TokenStreamCorpus(STREAM, n_streams=4, doc_length=8)
-    nlp.initialize(lambda: corpus(nlp))
+    if component == "rnn_lm":
+        nlp = spacy.blank("en")
+        nlp.add_pipe("rnn_lm", config=TINY)
+        corpus = TokenStreamCorpus(STREAM, n_streams=4, doc_length=8)
+        examples = list(corpus(nlp))[:4]
+        nlp.initialize(lambda: corpus(nlp))
+    else:
+        nlp = blank_with_textcat()
+        examples = fixture_examples(nlp)
+        nlp.initialize(lambda: examples)
+    (shim,) = [s for node in nlp.get_pipe(component).model.walk() for s in node.shims]
     opt = Adam(0.01, use_averages=True)
-    nlp.update(list(corpus(nlp))[:4], sgd=opt)
-    before = lm.module.embed.weight.detach().clone()
+    for _ in range(3):
+        nlp.update(examples, sgd=opt)
+    raw = {n: p.detach().clone() for n, p in shim._model.named_parameters()}
     with nlp.use_params(opt.averages):
-        assert torch.equal(lm.module.embed.weight.detach(), before)
+        for name, param in shim._model.named_parameters():
+            average = torch.as_tensor(opt.averages[(shim.id, name)]).reshape(param.shape)
+            assert torch.equal(param.detach(), average), name
+            assert not torch.equal(param.detach(), raw[name]), name
+    for name, param in shim._model.named_parameters():
+        assert torch.equal(param.detach(), raw[name]), name
 
 
 def test_spacy_train_with_ntasgd(tmp_path):

@@ -139,6 +139,39 @@ class InPlacePyTorchShim(PyTorchShim):
             param.grad.zero_()
         self._grad_scaler.update()
 
+    @contextlib.contextmanager
+    def use_params(self, params: Dict):
+        """While open, each torch parameter with a value in ``params`` (such as
+        ``optimizer.averages``) holds that value; restored afterwards.
+
+        Thinc's ``PyTorchShim.use_params`` reads only ``"pytorch_{id}_{name}"``
+        keys, while Thinc's optimisers (and ``thinc_adam_step``) keep averages
+        under ``(id, name)``: with ``use_averages = true`` spaCy evaluated and
+        saved averaged Thinc layers around raw recurrent weights. Both keys are
+        read here, and values are copied in place, so tied weights follow and
+        nothing is re-allocated.
+
+        params (Dict): Parameter values keyed ``(shim id, name)`` or
+            ``"pytorch_{shim id}_{name}"``.
+        """
+        backup = {}
+        named = dict(self._model.named_parameters()) if params else {}
+        with torch.no_grad():
+            for name, param in named.items():
+                value = params.get((self.id, name))
+                if value is None:
+                    value = params.get(f"pytorch_{self.id}_{name}")
+                if value is None:
+                    continue
+                backup[name] = param.detach().clone()
+                param.data.copy_(xp2torch(value, device=param.device).reshape(param.shape))
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for name, value in backup.items():
+                    named[name].data.copy_(value)
+
     def _generic_step(self, optimizer: Optimizer, params) -> None:
         for name, param in params:
             new, _ = optimizer((self.id, name), torch2xp(param.data), torch2xp(param.grad))

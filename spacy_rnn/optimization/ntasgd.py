@@ -22,21 +22,18 @@ i.e. than every score logged more than ``nonmono`` evaluations before.
 With ``nonmono = 2`` and scores 0.5, 0.4, 0.4, 0.4 (higher is better), it
 fires at the fourth evaluation.
 
-Averages of torch parameters are stored under the key the PyTorch shim reads
-(``"pytorch_{shim.id}_{name}"``), those of Thinc parameters under their usual
-``(model.id, name)`` key. Thinc's own ``PyTorchShim.use_params`` loads the
-state dict strictly, so the ``rnn_lm`` component (whose state dict also holds
-a buffer and a tied weight) swaps its weights itself with
-``swap_torch_params``.
+Averages of torch parameters are stored under both Thinc's ``(id, name)``
+key and the key Thinc's stock PyTorch shim reads (``"pytorch_{shim.id}_{name}"``).
+spacy-rnn's ``InPlacePyTorchShim.use_params`` reads either and copies the
+values in place (Thinc's own loads the state dict strictly, which the
+``rnn_lm`` module, with its buffer and tied weight, fails).
 """
-import contextlib
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from spacy.language import Language
 from spacy.util import registry
 from thinc.api import Optimizer
 from thinc.types import FloatsXd
-from thinc.util import xp2torch
 
 from .plateau import new_dev_score
 
@@ -203,31 +200,7 @@ def get_ntasgd(key: str = "default") -> Optional[NTASGD]:
 
 def swap_torch_params(shim, params: Optional[Dict[Any, Any]]) -> Iterator[None]:
     """Context manager: while open, every parameter of the shim's torch module
-    with an entry ``"pytorch_{shim.id}_{name}"`` in ``params`` holds that
-    value (copied in place, so tied weights follow); restored afterwards.
-    Parameters without an entry keep their weights."""
-    return _swap(shim, params)
-
-
-@contextlib.contextmanager
-def _swap(shim, params):
-    import torch
-
-    if not params:
-        yield
-        return
-    backup = {}
-    named = dict(shim._model.named_parameters())
-    with torch.no_grad():
-        for name, param in named.items():
-            value = params.get(torch_average_key(shim.id, name))
-            if value is None:
-                continue
-            backup[name] = param.detach().clone()
-            param.copy_(xp2torch(value, device=param.device).to(param.dtype))
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for name, value in backup.items():
-                named[name].copy_(value)
+    with an entry in ``params`` holds that value (copied in place, so tied
+    weights follow); restored afterwards. Parameters without an entry keep
+    their weights. (``InPlacePyTorchShim.use_params``.)"""
+    return shim.use_params(params or {})
