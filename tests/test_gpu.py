@@ -187,3 +187,27 @@ def test_lm_trained_on_gpu_scores_the_same_on_cpu(tmp_path):
     nlp.to_disk(tmp_path / "lm")
     cpu_scores = _scores_in_a_cpu_process(tmp_path / "lm", texts, "d._.lm_logprob")
     assert numpy.allclose(gpu_scores, cpu_scores, atol=1e-3)
+
+
+def test_listeners_train_on_gpu_with_cudnn_weights_kept_in_place():
+    # spaCy steps the tok2vec before its listeners backpropagate; on CUDA
+    # the in-place step must neither break that backward pass nor move the
+    # cuDNN weight buffer.
+    import spacy
+    from thinc.api import Adam, require_gpu, set_gpu_allocator
+
+    from spacy_rnn.callbacks import find_rnn_encoders
+
+    from .test_listeners import _config, _examples, _scores, _train
+
+    set_gpu_allocator("pytorch")
+    require_gpu(0)
+    nlp = spacy.util.load_model_from_config(_config(), auto_fill=True, validate=True)
+    examples = _examples(nlp)
+    nlp.initialize(lambda: examples)
+    optimizer = Adam(0.01)
+    (encoder,) = find_rnn_encoders(nlp, "tok2vec")
+    pointers = [p.data_ptr() for p in encoder.parameters()]
+    _train(nlp, examples, optimizer, 25)
+    assert [p.data_ptr() for p in encoder.parameters()] == pointers
+    assert _scores(nlp, examples)["tag_acc"] >= 0.9

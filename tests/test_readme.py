@@ -7,7 +7,6 @@ rather than on a user's machine.
 """
 import math
 import re
-from pathlib import Path
 from typing import Dict, List, Tuple
 
 import pytest

@@ -12,7 +12,7 @@ known. The ``n_active`` buffer records how many rows the vocabulary actually
 uses; the rest are masked out of every distribution, so probabilities are
 always over real words only. It is a buffer so it travels with the weights.
 """
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence
 
 import torch
 from torch import nn
