@@ -164,7 +164,7 @@ class InPlacePyTorchShim(PyTorchShim):
                 if value is None:
                     continue
                 backup[name] = param.detach().clone()
-                param.data.copy_(xp2torch(value, device=param.device).reshape(param.shape))
+                param.data.copy_(xp2torch(value, device=param.device).reshape(param.shape).to(param.dtype))
         try:
             yield
         finally:
