@@ -129,7 +129,14 @@ def test_textcat_and_tagger_learn_through_one_rnn_tok2vec(optimizer, steps):
     assert scores["cats_macro_f"] >= 0.9
 
 
-@pytest.mark.parametrize("cell,encode", [("gru", {}), ("lstm", {"weight_drop": 0.2, "locked_dropout": True, "dropout": 0.1})])
+@pytest.mark.parametrize(
+    "cell,encode",
+    [
+        ("gru", {}),
+        ("lstm", {"weight_drop": 0.2, "locked_dropout": True, "dropout": 0.1}),
+        ("lstm", {"mixed_precision": True}),  # bfloat16 autocast on CPU
+    ],
+)
 def test_listener_variants_train_and_round_trip(cell, encode):
     fix_random_seed(0)
     nlp = spacy.util.load_model_from_config(_config(cell, **encode), auto_fill=True, validate=True)
