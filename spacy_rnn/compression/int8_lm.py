@@ -31,11 +31,13 @@ from ..layers.quantized_encoder import (
     quantize_stack,
     quantized_state,
     save_int8_state,
+    store_int8_weight,
 )
 from ..serialization import load_state_bytes, load_state_strict
 from ..torch_modules.language_model import RNNLanguageModel
 
 STACKS = ("fwd", "bwd")
+_STACK_PREFIXES = tuple(f"{name}." for name in STACKS)
 
 
 def quantize_lm(module: RNNLanguageModel, settings: Dict[str, Any]) -> RNNLanguageModel:
@@ -71,13 +73,11 @@ def int8_state(module: RNNLanguageModel) -> Dict[str, torch.Tensor]:
                 state[f"{name}.{key}"] = tensor
     for name, layer in _linears(module, None):
         weight, bias = _linear_weight_bias(layer)
-        state[name + INT8_SUFFIX] = weight.int_repr().contiguous().clone()
-        state[name + SCALE_SUFFIX] = weight.q_per_channel_scales().float().contiguous()
+        store_int8_weight(state, name, weight)
         if bias is not None:
             state[name + ".bias"] = bias.detach().float().contiguous().clone()
-    covered = tuple(f"{name}." for name in STACKS)
     for key, tensor in list(module.named_parameters()) + list(module.named_buffers()):
-        if not key.startswith(covered):
+        if not key.startswith(_STACK_PREFIXES):
             state[key] = tensor.detach().cpu().contiguous().clone()
     return state
 
@@ -138,7 +138,7 @@ def deserialize_int8_lm(module: RNNLanguageModel, data: bytes, device=None) -> R
     floats.update(dict(module.named_buffers()))
     with torch.no_grad():
         for key, tensor in floats.items():
-            if key.startswith(tuple(f"{n}." for n in STACKS)):
+            if key.startswith(_STACK_PREFIXES):
                 continue
             if tensor.shape != state[key].shape:
                 raise ValueError(f"spacy-rnn: stored {key} has shape {tuple(state[key].shape)}")
@@ -181,7 +181,7 @@ def _linears(module: nn.Module, kind):
     return [
         (name, layer)
         for name, layer in module.named_modules()
-        if type(layer) is cls and not name.startswith(tuple(f"{s}." for s in STACKS))
+        if type(layer) is cls and not name.startswith(_STACK_PREFIXES)
     ]
 
 

@@ -217,14 +217,25 @@ def quantized_state(stack: RNNStack) -> Dict[str, torch.Tensor]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             for name, qweight in cell.get_weight().items():
-                key = f"{prefix}.{i}.{name}"
-                state[key + INT8_SUFFIX] = qweight.int_repr().contiguous().clone()
-                state[key + SCALE_SUFFIX] = qweight.q_per_channel_scales().float().contiguous()
+                store_int8_weight(state, f"{prefix}.{i}.{name}", qweight)
             for name, bias in cell.get_bias().items():
                 state[f"{prefix}.{i}.{name}"] = bias.detach().float().contiguous().clone()
     for name, tensor in list(stack.named_parameters()) + list(stack.named_buffers()):
         state[name] = tensor.detach().cpu().contiguous().clone()
     return state
+
+
+def store_int8_weight(state: Dict[str, torch.Tensor], key: str, qweight: torch.Tensor) -> None:
+    """Add a per-row quantised matrix to ``state`` in the stored layout:
+    ``key + INT8_SUFFIX`` (int8 values) and ``key + SCALE_SUFFIX`` (float32
+    scales).
+
+    state (Dict[str, torch.Tensor]): The tensors to be saved.
+    key (str): The weight's name.
+    qweight (torch.Tensor): A per-channel quantised tensor.
+    """
+    state[key + INT8_SUFFIX] = qweight.int_repr().contiguous().clone()
+    state[key + SCALE_SUFFIX] = qweight.q_per_channel_scales().float().contiguous()
 
 
 def serialize_quantized_stack(module: RNNStack) -> bytes:
