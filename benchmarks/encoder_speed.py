@@ -63,7 +63,7 @@ def main(argv=None):
     from torch import nn
 
     from spacy_rnn.torch_modules.rnn_stack import (
-        DEFAULT_BUCKET_OVERHEAD, RNNStack, plan_buckets,
+        CUDA_BUCKET_OVERHEAD, DEFAULT_BUCKET_OVERHEAD, RNNStack, plan_buckets,
     )
 
     device = _common.torch_device(args.gpu_id)
@@ -195,7 +195,8 @@ def main(argv=None):
         "reverse_vs_best_reverse": {k: v / reverse_mean[best] for k, v in reverse_mean.items()},
         "reverse_shared_batches": len(shared),
         "best_bucket_overhead": float(best[len("reverse_bo"):]) if best else None,
-        "current_default_bucket_overhead": DEFAULT_BUCKET_OVERHEAD,
+        "current_default_bucket_overhead": (
+            CUDA_BUCKET_OVERHEAD if device.type == "cuda" else DEFAULT_BUCKET_OVERHEAD),
         "gpu_peak_mb": _common.gpu_peak_mb(device),
     }
     _common.emit(result)

@@ -1,6 +1,7 @@
 """The ``rnn_lm`` component: learning, truncated BPTT, serialisation,
 generation, the no-peeking property of the bidirectional model, transfer to
 a text classifier, and bad input."""
+import copy
 import math
 import subprocess
 import sys
@@ -95,6 +96,20 @@ def test_masked_rows_are_never_predicted(trained):
     assert dist.shape == (3, 24)
     assert numpy.all(numpy.isneginf(dist[:, 20:]))
     assert numpy.allclose(numpy.exp(dist).sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_vocabulary_size_survives_loading_weights(trained):
+    # The module keeps a host copy of its vocabulary count so that no
+    # softmax has to read the buffer back from a GPU; loading a state dict
+    # must refresh it, or the unused rows would stop being masked.
+    nlp, lm, _, _ = trained
+    fresh = copy.deepcopy(lm.module)
+    fresh.set_n_active(fresh.vocab_size)
+    assert fresh.n_words == fresh.vocab_size
+    fresh.load_state_dict(lm.module.state_dict())
+    assert fresh.n_words == lm.module.n_words == 20
+    H = torch.randn(3, lm.module.out.in_features)
+    assert torch.isneginf(fresh.log_probs(H)[:, 20:]).all()
 
 
 def test_annotations_are_consistent(trained):
@@ -394,12 +409,13 @@ def test_activation_regularisation_adds_to_the_loss():
     nlp, lm = make_lm(ar_alpha=2.0, tar_beta=1.0)
     H = torch.ones(2, 3, 4)
     raw = torch.arange(24, dtype=torch.float32).reshape(2, 3, 4)
-    mask = torch.tensor([[True, True, True], [True, True, False]])
-    penalty = float(lm._activation_penalty(H, raw, mask, norm=5.0))
+    mask = numpy.array([[True, True, True], [True, True, False]])
+    rows = torch.as_tensor(numpy.flatnonzero(mask))
+    penalty = float(lm._activation_penalty(H, raw, mask, rows, norm=5.0))
     # AR: mean(h^2) = 1; TAR: consecutive raw differences are all 4 -> 16.
     assert penalty == pytest.approx(2.0 * 1.0 + 1.0 * 16.0)
     nlp2, lm2 = make_lm()
-    assert lm2._activation_penalty(H, raw, mask, norm=5.0) == 0.0
+    assert lm2._activation_penalty(H, raw, mask, rows, norm=5.0) == 0.0
 
 
 def test_regularisers_are_off_at_prediction_time():

@@ -100,3 +100,25 @@ def test_shim_keeps_storage_and_zeroes_grads():
         shim.finish_update(opt)
     assert [p.data_ptr() for p in module.parameters()] == ptrs
     assert all(float(p.grad.abs().sum()) == 0 for p in module.parameters())
+
+
+def test_a_new_optimizer_gets_its_own_moments():
+    # The torch views of the optimiser's moment arrays are cached between
+    # steps; a fresh optimiser on the same shim (a resumed or restarted
+    # run) must start from its own zero moments, not the cached views.
+    settings = dict(learn_rate=0.01, grad_clip=1.0, use_averages=True)
+    ours, ref = _module(3), _module(3)
+    scratch = {}
+    for phase in range(2):
+        ours_opt, ref_opt = Adam(**settings), Adam(**settings)
+        for step in range(4):
+            _set_grads(ours, 10 * phase + step)
+            _set_grads(ref, 10 * phase + step)
+            params = [(n, p) for n, p in ours.named_parameters() if p.grad is not None]
+            assert thinc_adam_step(ours_opt, 7, params, scratch)
+            _thinc_reference_step(ref_opt, 7, ref)
+        for key in ref_opt.mom1:
+            numpy.testing.assert_allclose(ours_opt.mom1[key], ref_opt.mom1[key], rtol=1e-5, atol=1e-7)
+            numpy.testing.assert_allclose(ours_opt.averages[key], ref_opt.averages[key], rtol=1e-5, atol=1e-6)
+    for (name, a), (_, b) in zip(ours.named_parameters(), ref.named_parameters()):
+        numpy.testing.assert_allclose(a.detach().numpy(), b.detach().numpy(), rtol=1e-5, atol=1e-6, err_msg=name)

@@ -51,6 +51,7 @@ from ..scorers import LM_SCORE_WEIGHTS
 from ..layers.torch_shim import InPlacePyTorchShim
 from ..serialization import deserialize_torch_module, serialize_torch_module
 from ..torch_modules.language_model import RNNLanguageModel, detach_state
+from ..torch_modules.transfer import to_device
 
 DEFAULT_LM_CONFIG = """
 [lm]
@@ -848,33 +849,47 @@ class RNNLanguageModelPipe(TrainablePipe):
                 inputs[b, 0] = first[b]
         mask = numpy.arange(T)[None, :] < lengths[:, None]
         lp_all = numpy.zeros((B, T), dtype="float32")
-        inputs_t = torch.as_tensor(inputs, device=device)
-        targets_t = torch.as_tensor(targets, device=device)
-        mask_t = torch.as_tensor(mask, device=device)
+        # Indices go to the GPU without waiting for it, and padding is dropped
+        # by integer rows computed here: a boolean mask index or a blocking
+        # copy would each stall the GPU pipeline once per window.
+        inputs_t = to_device(inputs, device)
+        targets_t = to_device(targets, device)
         bptt = int(bptt or self.cfg["bptt"])
-        total = 0.0
+        # Training needs the loss only (``update`` drops the scores): no
+        # per-window copy back to the host then.
+        keep_scores = not train or distributions is not None
+        total = None
         shim = self.model.shims[0]
         for start in range(0, T, bptt):
             end = min(T, start + bptt)
-            m = mask_t[:, start:end]
+            window = mask[:, start:end]
+            rows = None if window.all() else to_device(numpy.flatnonzero(window), device)
             with self._autocast():
                 H, state, raw = module.run(
                     direction, inputs_t[:, start:end], state, return_raw=True
                 )
-                lp = module.target_log_probs(H[m], targets_t[:, start:end][m])
+                H_flat = H.reshape(-1, H.shape[-1])
+                Y = targets_t[:, start:end].reshape(-1)
+                if rows is not None:
+                    H_flat, Y = H_flat.index_select(0, rows), Y.index_select(0, rows)
+                lp = module.target_log_probs(H_flat, Y)
                 if train:
                     loss = -lp.sum() / norm
-                    loss = loss + self._activation_penalty(H, raw, m, norm)
+                    loss = loss + self._activation_penalty(H, raw, window, rows, norm)
             if train:
                 # Outside autocast, as torch.amp asks.
                 shim.backward(loss)
-                total += float(loss.detach())
-            lp_all[:, start:end][mask[:, start:end]] = lp.detach().float().cpu().numpy()
+                loss = loss.detach()
+                total = loss if total is None else total + loss
+            if keep_scores:
+                lp_all[:, start:end][window] = lp.detach().float().cpu().numpy()
             if distributions is not None:
                 with self._autocast():
                     dist = module.log_probs(H.reshape(-1, H.shape[-1]))
                 distributions.append(dist.detach().float().cpu().reshape(B, end - start, -1).numpy())
             state = detach_state(state)
+        # One read of the loss per batch, after every window is queued.
+        total = float(total) if total is not None else 0.0
         for b in range(B):
             row = lp_all[b, : lengths[b]]
             out[b] = row[::-1].copy() if direction == "bwd" else row.copy()
@@ -884,22 +899,29 @@ class RNNLanguageModelPipe(TrainablePipe):
         # The shim decides (float16 on CUDA, bfloat16 on CPU, or none).
         return self.model.shims[0].autocast()
 
-    def _activation_penalty(self, H, raw, mask, norm: float):
+    def _activation_penalty(self, H, raw, window: numpy.ndarray, rows, norm: float):
         # AR and TAR (Merity et al. 2018), weighted by this window's share of
-        # the batch's tokens so that they scale like the NLL term.
+        # the batch's tokens so that they scale like the NLL term. ``window``
+        # is the host mask of real tokens, ``rows`` their flat indices (None:
+        # all of them).
         alpha = float(self.cfg.get("ar_alpha", 0.0))
         beta = float(self.cfg.get("tar_beta", 0.0))
-        n = int(mask.sum())
+        n = int(window.sum())
         if n == 0 or (alpha <= 0 and beta <= 0):
             return 0.0
         share = n / norm
         penalty = 0.0
         if alpha > 0:
-            penalty = penalty + alpha * H[mask].float().pow(2).mean() * share
+            H_flat = H.reshape(-1, H.shape[-1])
+            if rows is not None:
+                H_flat = H_flat.index_select(0, rows)
+            penalty = penalty + alpha * H_flat.float().pow(2).mean() * share
         if beta > 0 and raw.shape[1] > 1:
-            both = mask[:, 1:] & mask[:, :-1]
-            if bool(both.any()):
-                diff = (raw[:, 1:].float() - raw[:, :-1].float())[both]
+            both = window[:, 1:] & window[:, :-1]
+            if both.any():
+                diff = (raw[:, 1:].float() - raw[:, :-1].float()).reshape(-1, raw.shape[-1])
+                if not both.all():
+                    diff = diff.index_select(0, to_device(numpy.flatnonzero(both), raw.device))
                 penalty = penalty + beta * diff.pow(2).mean() * share
         return penalty
 

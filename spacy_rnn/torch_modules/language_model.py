@@ -114,10 +114,25 @@ class RNNLanguageModel(nn.Module):
                 out_width, vocab_size, cutoffs=cutoffs, div_value=div_value
             )
         self.register_buffer("n_active", torch.tensor(vocab_size, dtype=torch.int64))
+        # A host copy of the buffer: reading a CUDA scalar waits for the GPU,
+        # and every softmax needs the count. None: read it again.
+        self._n_active_int: Optional[int] = vocab_size
 
     @property
     def device(self) -> torch.device:
         return self.embed.weight.device
+
+    @property
+    def n_words(self) -> int:
+        """The number of output rows in use (the ``n_active`` buffer)."""
+        if self._n_active_int is None:
+            self._n_active_int = int(self.n_active)
+        return self._n_active_int
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        # The buffer may change under the host copy here.
+        self._n_active_int = None
+        super()._load_from_state_dict(*args, **kwargs)
 
     def set_n_active(self, n: int) -> None:
         """Declare how many output rows the vocabulary uses (rows ``n:`` are
@@ -128,6 +143,7 @@ class RNNLanguageModel(nn.Module):
         if not 1 <= n <= self.vocab_size:
             raise ValueError(f"n_active must be in [1, {self.vocab_size}], got {n}")
         self.n_active.fill_(int(n))
+        self._n_active_int = int(n)
 
     def stack(self, direction: str) -> RNNStack:
         if direction == "fwd":
@@ -186,7 +202,7 @@ class RNNLanguageModel(nn.Module):
         H (torch.Tensor): (n, out_width) hidden vectors.
         RETURNS (torch.Tensor): (n, vocab_size); masked rows are -inf.
         """
-        n = int(self.n_active)
+        n = self.n_words
         if self.softmax == "full":
             # The product may run in half precision under autocast; the
             # normalisation is always taken in float32.
@@ -211,7 +227,7 @@ class RNNLanguageModel(nn.Module):
         """
         if H.shape[0] == 0:
             return H.new_zeros((0,))
-        if self.softmax == "adaptive" and int(self.n_active) == self.vocab_size:
+        if self.softmax == "adaptive" and self.n_words == self.vocab_size:
             # The cheap path: only the target's cluster is evaluated.
             with _full_precision(H):
                 return self.out(H.float(), targets).output

@@ -24,6 +24,8 @@ import numpy
 import torch
 from torch import nn
 
+from .transfer import to_device
+
 CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
 INITS = ("orthogonal", "xavier", "kaiming", "default")
 METHODS = ("auto", "reverse", "packed")
@@ -33,6 +35,10 @@ METHODS = ("auto", "reverse", "packed")
 # bucket saves padded compute but pays this overhead for each of its steps.
 # Measured on a 2-core CPU with a 128-wide BiLSTM (benchmarks/encoder_speed.py).
 DEFAULT_BUCKET_OVERHEAD = 4.0
+# On CUDA a call costs more launches relative to its arithmetic: on an H100
+# the same benchmark ran fastest at 16 (0.82-0.83 of the padded fused
+# call's time, against 1.04-1.07 at 4), in two runs.
+CUDA_BUCKET_OVERHEAD = 16.0
 
 # Time steps per recurrent call when encoding long sequences in inference
 # (benchmarks/long_doc_memory.py): short enough that a call's work space is
@@ -55,8 +61,10 @@ class RNNStack(nn.Module):
     init (str): "orthogonal", "xavier", "kaiming" or "default" (PyTorch's).
     method (str): "reverse" (per-direction modules, sequences reversed inside
         their own length), "packed" (``pack_padded_sequence``), or "auto".
-    bucket_overhead (float): Cost model constant for length bucketing; 0
-        disables bucketing beyond sorting.
+    bucket_overhead (Optional[float]): Cost model constant for length
+        bucketing; 0 disables bucketing beyond sorting. None (the default):
+        ``DEFAULT_BUCKET_OVERHEAD`` on CPU, ``CUDA_BUCKET_OVERHEAD`` on CUDA.
+        Any value gives the same outputs; only the speed changes.
     locked_dropout (bool): Use one dropout mask per sequence for all time
         steps (variational dropout, Gal & Ghahramani 2016) instead of a new
         mask per position; applies to input, between-layer and output dropout.
@@ -83,7 +91,7 @@ class RNNStack(nn.Module):
         layer_norm: bool = False,
         init: str = "orthogonal",
         method: str = "auto",
-        bucket_overhead: float = DEFAULT_BUCKET_OVERHEAD,
+        bucket_overhead: Optional[float] = None,
         locked_dropout: bool = False,
         input_dropout: float = 0.0,
         output_dropout: float = 0.0,
@@ -121,7 +129,8 @@ class RNNStack(nn.Module):
         self.bidirectional = bidirectional
         self.residual = residual
         self.method = method
-        self.bucket_overhead = float(bucket_overhead)
+        # None: the measured default of the device the batch is on.
+        self.bucket_overhead = None if bucket_overhead is None else float(bucket_overhead)
         self.dirs = 2 if bidirectional else 1
         per_dir = hidden_size // self.dirs
         self.fwd = nn.ModuleList()
@@ -202,24 +211,28 @@ class RNNStack(nn.Module):
         padded_flat = torch.cat([flat, flat.new_zeros((1, flat.shape[1]))], dim=0)
         outputs = []
         out_positions = []
-        for bucket in plan_buckets(lengths_np[order], self.bucket_overhead):
+        for bucket in plan_buckets(lengths_np[order], self._overhead(flat)):
             seqs = order[bucket[0] : bucket[1]]
             b_lengths = lengths_np[seqs]
             T = int(b_lengths[0])
             steps = numpy.arange(T)
             valid = steps[None, :] < b_lengths[:, None]
             gather = numpy.where(valid, starts[seqs][:, None] + steps[None, :], n_rows)
-            gather_t = torch.as_tensor(gather, device=flat.device)
-            X = padded_flat[gather_t]
+            X = padded_flat[to_device(gather, flat.device)]
             Y = self.forward_padded(X, b_lengths.tolist())
-            valid_t = torch.as_tensor(valid.reshape(-1), device=flat.device)
-            outputs.append(Y.reshape(-1, self.hidden_size)[valid_t])
+            valid_rows = to_device(numpy.flatnonzero(valid), flat.device)
+            outputs.append(Y.reshape(-1, self.hidden_size).index_select(0, valid_rows))
             out_positions.append(gather[valid])
         Y_sorted = torch.cat(outputs, dim=0)
         positions = numpy.concatenate(out_positions)
         inverse = numpy.empty_like(positions)
         inverse[positions] = numpy.arange(len(positions))
-        return Y_sorted[torch.as_tensor(inverse, device=flat.device)]
+        return Y_sorted.index_select(0, to_device(inverse, flat.device))
+
+    def _overhead(self, X: torch.Tensor) -> float:
+        if self.bucket_overhead is not None:
+            return self.bucket_overhead
+        return CUDA_BUCKET_OVERHEAD if X.is_cuda else DEFAULT_BUCKET_OVERHEAD
 
     def _inference(self) -> bool:
         return not self.training and not torch.is_grad_enabled()
@@ -230,7 +243,7 @@ class RNNStack(nn.Module):
         a gathered copy, and each bucket's rows are written straight into
         the output instead of being concatenated and reordered."""
         n_rows = flat.shape[0]
-        buckets = plan_buckets(lengths_np[order], self.bucket_overhead)
+        buckets = plan_buckets(lengths_np[order], self._overhead(flat))
         if len(order) == 1 and int(lengths_np[order[0]]) == n_rows:
             # One doc: its output is the whole result, no copy at all.
             return self.forward_padded(flat.unsqueeze(0), [n_rows])[0]
@@ -251,12 +264,12 @@ class RNNStack(nn.Module):
                 steps = numpy.arange(T)
                 valid = steps[None, :] < b_lengths[:, None]
                 gather = numpy.where(valid, starts[seqs][:, None] + steps[None, :], n_rows)
-                X = padded_flat[torch.as_tensor(gather, device=flat.device)]
+                X = padded_flat[to_device(gather, flat.device)]
                 Y = self.forward_padded(X, b_lengths.tolist())
                 del X
-                valid_t = torch.as_tensor(valid.reshape(-1), device=flat.device)
-                rows = Y.reshape(-1, self.hidden_size)[valid_t]
-                target = torch.as_tensor(gather[valid], device=flat.device)
+                valid_rows = to_device(numpy.flatnonzero(valid), flat.device)
+                rows = Y.reshape(-1, self.hidden_size).index_select(0, valid_rows)
+                target = to_device(gather[valid], flat.device)
             if out is None:
                 out = rows.new_empty((n_rows, self.hidden_size))
             out[target] = rows
@@ -277,7 +290,11 @@ class RNNStack(nn.Module):
             return self._forward_padded_chunked(X, lengths, chunk)
         method = self.method
         if method == "auto":
-            method = "packed" if X.is_cuda else "reverse"
+            # "reverse" on CUDA too: on an H100, cuDNN over packed batches
+            # took 7x the time of the padded calls, and packed outputs of a
+            # doc differed with its batch mates by up to 3e-4
+            # (benchmarks/encoder_speed.py --gpu-id 0).
+            method = "reverse"
         reverse_index = None
         if self.bidirectional:
             reverse_index = _reverse_index(lengths, X.shape[1], X.device)
@@ -307,7 +324,7 @@ class RNNStack(nn.Module):
         """
         B, T = X.shape[0], X.shape[1]
         per_dir = self.hidden_size // self.dirs
-        L = torch.as_tensor(lengths, device=X.device).view(B, 1)
+        L = to_device(numpy.asarray(lengths, dtype="int64"), X.device).view(B, 1)
         spans = [(t0, min(t0 + chunk, T)) for t0 in range(0, T, chunk)]
         for i in range(self.depth):
             Y = None
@@ -558,7 +575,7 @@ def _reverse_index(lengths: List[int], T: int, device) -> torch.Tensor:
     steps = numpy.arange(T)
     L = numpy.asarray(lengths)[:, None]
     index = numpy.where(steps[None, :] < L, L - 1 - steps[None, :], steps[None, :])
-    return torch.as_tensor(index, device=device)
+    return to_device(index, device)
 
 
 def _reverse_within(X: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
