@@ -1,26 +1,33 @@
 #!/usr/bin/env bash
 # Run ON the lent GPU machine (device tool, carry [".whl"], after
 # scripts/gpu_wheels.sh here): installs the carried wheels, runs the GPU
-# tests, then the GPU benchmarks, writing logs and JSON to $OUT (at most 8
-# files come back). Each step is time-boxed so the whole run fits one call.
+# tests, then every GPU benchmark on the data slices in shared/, writing
+# logs and JSON to $OUT (at most 8 files come back). Each step is time-boxed
+# so the whole run fits one 10-minute call.
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu_out}
 mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
   --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
-DATA=${DATA:-shared}  # written by scripts/gpu_wheels.sh
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-  python3 -c "import torch, spacy, thinc, cupy, spacy_rnn; print(torch.__version__, spacy.__version__, thinc.__version__, cupy.__version__)"
-  timeout 300 python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu.py
+  python3 -c "import torch, spacy, thinc, cupy, datasets, pyarrow, spacy_rnn; print(torch.__version__, spacy.__version__, thinc.__version__, cupy.__version__, datasets.__version__, pyarrow.__version__)"
+  timeout 200 python3 -m pytest -m gpu -q -p no:cacheprovider --tb=short tests/test_gpu.py
 } > "$OUT/gpu_tests.log" 2>&1
-if [ -d "$DATA/ptb" ]; then
-  for mp in "" "--mixed-precision"; do
-    timeout 240 python3 benchmarks/lm_throughput.py --data "$DATA/ptb" --seconds 60 \
-      --gpu-id 0 $mp > "$OUT/lm_throughput${mp:+_mixed}.json" 2> "$OUT/lm_throughput${mp:+_mixed}.err"
-  done
-fi
-timeout 180 python3 benchmarks/encoder_speed.py --seconds 20 --gpu-id 0 \
-  > "$OUT/encoder_speed.json" 2> "$OUT/encoder_speed.err"
-tail -3 "$OUT/gpu_tests.log"
+tail -4 "$OUT/gpu_tests.log"
+S=${SECONDS_EACH:-30}
+for mp in "" "--mixed-precision"; do
+  timeout 100 python3 benchmarks/lm_throughput.py --data shared/ptb --seconds "$S" \
+    --gpu-id 0 $mp > "$OUT/lm_throughput${mp:+_mixed}.json" 2>> "$OUT/stderr.log"
+done
+timeout 150 python3 benchmarks/textcat_bench.py --corpus-dir shared/amazon --gpu-id 0 \
+  --seconds "$((S * 2 / 3))" --models "${TEXTCAT_MODELS:-rnn_bilstm,rnn_gru,torch_bilstm}" \
+  > "$OUT/textcat_bench.json" 2>> "$OUT/stderr.log"
+timeout 60 python3 benchmarks/encoder_speed.py --data shared/amazon/reviews.jsonl \
+  --max-reviews 500 --seconds 3 --gpu-id 0 > "$OUT/encoder_speed.json" 2>> "$OUT/stderr.log"
+timeout 60 python3 benchmarks/profile_textcat.py --data shared/amazon/reviews.jsonl \
+  --max-docs 500 --steps 30 --gpu-id 0 > "$OUT/profile_textcat.json" 2>> "$OUT/stderr.log"
+timeout 60 python3 benchmarks/profile_lm.py --data shared/ptb --seconds 15 --gpu-id 0 \
+  > "$OUT/profile_lm.json" 2>> "$OUT/stderr.log"
+grep -v "VisibleDeprecationWarning\|toDlpack" "$OUT/stderr.log" | tail -20

@@ -10,24 +10,44 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 rm -rf .whl && mkdir -p .whl
-# Versions pinned to what CI tests here. `datasets` and its own needs are
-# left out: only the corpus readers import it, and no GPU test does.
+# Versions pinned to what CI tests here. `datasets` reads every token file
+# (the LM tests and lm_throughput need it); of its needs the image lacks only
+# dill and multiprocess (it has pyarrow, pandas, fsspec, huggingface-hub...).
 PKGS="spacy==3.8.18 thinc==8.3.14 blis==1.3.4 cymem==2.0.16 preshed==3.0.15
 murmurhash==1.0.16 srsly==2.5.6 wasabi==1.1.3 catalogue==2.0.10 confection==1.3.4
 weasel==1.0.1 cloudpathlib==0.26.0 smart-open==9.0.2 spacy-legacy==3.0.12
 spacy-loggers==1.0.5 pydantic==2.14.3 pydantic-core==2.50.4 annotated-types==0.8.0
-typing-inspection==0.4.5"
+typing-inspection==0.4.5
+datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19"
 "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
   --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
   --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
   --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .whl $PKGS
 "$PY" -m pip wheel -q --no-deps --no-build-isolation -w .whl .
 # ../shared does not travel, shared/ inside the checkout does (and is
-# ignored by git): a PTB slice for the throughput benchmark, small enough to
-# keep wheels + tree under the limit (the benchmark loops over it).
-if [ -d ../shared/data/ptb ]; then
-  mkdir -p shared/ptb
-  head -n 12000 ../shared/data/ptb/ptb.train.txt > shared/ptb/ptb.train.txt
-  head -n 2000 ../shared/data/ptb/ptb.valid.txt > shared/ptb/ptb.valid.txt
-fi
-du -sh .whl shared 2>/dev/null
+# ignored by git): slices of the real data, small enough to keep wheels +
+# tree + data under the 64 MiB limit (the benchmarks loop over them): PTB
+# for lm_throughput and profile_lm, review lengths for encoder_speed and
+# profile_textcat, and a .spacy subset (the first 1500 training and all
+# test reviews of `spacy project run convert-amazon`'s corpus/amazon) for
+# textcat_bench.
+rm -rf shared && mkdir -p shared/ptb shared/amazon
+head -n 6000 ../shared/data/ptb/ptb.train.txt > shared/ptb/ptb.train.txt
+head -n 2000 ../shared/data/ptb/ptb.valid.txt > shared/ptb/ptb.valid.txt
+head -n 500 ../shared/data/amazon-mds/reviews.jsonl > shared/amazon/reviews.jsonl
+[ -d corpus/amazon/train.spacy ] || "$PY" -m spacy_rnn convert-amazon \
+  ../shared/data/amazon-mds/reviews.jsonl corpus/amazon
+"$PY" - <<'PY'
+from pathlib import Path
+import spacy
+from spacy.tokens import DocBin
+nlp = spacy.blank("en")
+for split, limit in (("train", 1500), ("test", 0)):
+    docs = []
+    for path in sorted(Path(f"corpus/amazon/{split}.spacy").glob("*.spacy")):
+        docs.extend(DocBin().from_disk(path).get_docs(nlp.vocab))
+    docs = docs[:limit] if limit else docs
+    DocBin(docs=docs, store_user_data=True).to_disk(f"shared/amazon/{split}.spacy")
+PY
+du -sh .whl shared
+du -scb .whl shared $(git ls-files) | tail -1  # must stay under 67108864
