@@ -29,7 +29,12 @@ def test_cuda_encoding_is_exact_and_matches_cpu(method, monkeypatch):
         y_gpu = gpu(x.cuda(), lengths).cpu()
         alone = gpu(x[:40].cuda(), [40]).cpu()
     assert torch.allclose(y_cpu, y_gpu, atol=1e-4)
-    assert torch.allclose(alone, y_gpu[:40], atol=1e-5)
+    # "reverse" (and "auto", which is "reverse") is exact to float32
+    # rounding. cuDNN's packed kernel is not: on an H100 a doc's output
+    # changed with its batch mates by more than 1e-5 in one of three runs,
+    # which is why "auto" no longer picks it on CUDA.
+    atol = 1e-4 if method == "packed" else 1e-5
+    assert torch.allclose(alone, y_gpu[:40], atol=atol)
 
 
 def test_train_on_gpu_then_predict_on_cpu(tmp_path):

@@ -120,10 +120,10 @@ def thinc_adam_step(
 
 def _view(scratch: Dict, slot, store: Dict, key, param: torch.Tensor) -> torch.Tensor:
     # Thinc keeps float32 arrays of the parameter's size (flat moments,
-    # averages of the parameter's shape); torch views share their memory, so the optimiser's state
-    # stays the single source of truth. The views are cached while the
-    # optimiser holds the same arrays: a DLPack round trip per tensor and
-    # step cost ~0.1 ms of host time on a GPU.
+    # averages in the parameter's shape). Torch views share their memory,
+    # so the optimiser's state stays the single source of truth. The views
+    # are cached while the optimiser holds the same arrays: a DLPack round
+    # trip per tensor and step cost ~0.1 ms of host time on a GPU.
     if key not in store:
         shape = param.shape if slot[0] == "avg" else (param.numel(),)
         store[key] = torch2xp(torch.zeros(shape, dtype=param.dtype, device=param.device))

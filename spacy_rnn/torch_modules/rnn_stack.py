@@ -60,7 +60,9 @@ class RNNStack(nn.Module):
     layer_norm (bool): Layer-normalise each layer's output.
     init (str): "orthogonal", "xavier", "kaiming" or "default" (PyTorch's).
     method (str): "reverse" (per-direction modules, sequences reversed inside
-        their own length), "packed" (``pack_padded_sequence``), or "auto".
+        their own length), "packed" (``pack_padded_sequence``), or "auto"
+        (which is "reverse": exact, and faster than "packed" on CPU and CUDA
+        in ``benchmarks/encoder_speed.py``).
     bucket_overhead (Optional[float]): Cost model constant for length
         bucketing; 0 disables bucketing beyond sorting. None (the default):
         ``DEFAULT_BUCKET_OVERHEAD`` on CPU, ``CUDA_BUCKET_OVERHEAD`` on CUDA.
