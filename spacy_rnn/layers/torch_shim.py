@@ -73,9 +73,10 @@ class InPlacePyTorchShim(PyTorchShim):
                 "false here.",
                 stacklevel=2,
             )
-        # Work buffers of the Adam step, reused so that large parameters
-        # don't allocate fresh memory on every step.
-        self._scratch: Dict[str, torch.Tensor] = {}
+        # The Adam step's state between steps: work buffers, reused so that
+        # large parameters don't allocate fresh memory on every step, and
+        # cached torch views of the optimiser's moment and average arrays.
+        self._scratch: Dict = {}
         self._unscale_pending = False
 
     def autocast(self):
