@@ -10,6 +10,15 @@ milliseconds per step for the whole update and for its parts: spaCy's
 example copying in ``Language.update``, word-id lookup, the torch forward
 and backward, and the optimiser step, plus the functions with the most own
 time.
+
+``--torch-profiler`` instead profiles both sides of the throughput benchmark
+(``rnn_lm`` through ``nlp.update``, and the plain PyTorch loop) with
+``torch.profiler`` for ``--steps`` steps each: milliseconds per step, torch
+operators per step, and the operators with the most own host time (and own
+GPU time on CUDA) on each side, so that extra or slower kernels show up next
+to the plain loop's.
+
+    python benchmarks/profile_lm.py --data ../shared/data/ptb --torch-profiler
 """
 import argparse
 import cProfile
@@ -43,6 +52,10 @@ def parse_args(argv=None):
     p.add_argument("--top", type=int, default=15)
     p.add_argument("--mixed-precision", action="store_true",
                    help="profile rnn_lm with mixed_precision = true")
+    p.add_argument("--torch-profiler", action="store_true",
+                   help="compare both sides' torch operators instead of cProfile")
+    p.add_argument("--steps", type=int, default=50,
+                   help="steps per side under --torch-profiler")
     _common.add_common_args(p)
     return p.parse_args(argv)
 
@@ -56,6 +69,11 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     device = _common.torch_device(args.gpu_id)
     side = lm_throughput.SpacyRNNSide(args, Path(args.data) / "ptb.train.txt", device)
+    if args.torch_profiler:
+        result = compare_operators(args, side, device)
+        result["machine"] = _common.machine_info(threads, device)
+        _common.emit(result)
+        return result
     side.train_for(args.warmup)
     profiler = cProfile.Profile()
     update = side.nlp.update
@@ -92,6 +110,78 @@ def main(argv=None):
     }
     _common.emit(result)
     return result
+
+
+def compare_operators(args, spacy_side, device):
+    """torch.profiler over ``args.steps`` training steps of each side."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    train_path = Path(args.data) / "ptb.train.txt"
+    tokens = lm_throughput.read_tokens(train_path, args.max_train_tokens)
+    torch_side = lm_throughput.TorchSide(args, tokens, device)
+    # One step each: the plain loop stops after its first step when given
+    # no time, and the rnn_lm side is driven a batch at a time.
+    batches = [next(spacy_side.batches) for _ in range(args.steps)]
+    losses = {}
+    steps = {
+        "spacy_rnn": lambda i: spacy_side.nlp.update(
+            batches[i], sgd=spacy_side.optimizer, losses=losses),
+        "torch": lambda i: torch_side.train_for(0.0),
+    }
+    for name, step in steps.items():  # warm-up: allocator, cuDNN plans
+        for i in range(min(5, args.steps)):
+            step(i)
+    activities = [ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    sides = {}
+    for name, step in steps.items():
+        _common.sync(device)
+        start = _common.timer(device)
+        for i in range(args.steps):
+            step(i)
+        unprofiled = (_common.timer(device) - start) * 1000 / args.steps
+        with profile(activities=activities) as prof:
+            for i in range(args.steps):
+                step(i)
+            _common.sync(device)
+        table = prof.key_averages()
+        ops = [e for e in table if e.key.startswith("aten::")]
+
+        def top(attr):
+            rows = sorted(table, key=lambda e: -getattr(e, attr))[: args.top]
+            return [
+                {"op": e.key, "calls_per_step": round(e.count / args.steps, 1),
+                 "ms_per_step": round(getattr(e, attr) / 1000 / args.steps, 3)}
+                for e in rows if getattr(e, attr) > 0
+            ]
+
+        side = {
+            "ms_per_step": round(unprofiled, 3),
+            "aten_ops_per_step": round(sum(e.count for e in ops) / args.steps, 1),
+            # Host time inside torch operators; the rest of ms_per_step is
+            # Python (spaCy, spacy-rnn or the loop) and waiting.
+            "torch_host_ms_per_step": round(
+                sum(e.self_cpu_time_total for e in table) / 1000 / args.steps, 3),
+            "top_self_cpu": top("self_cpu_time_total"),
+        }
+        if device.type == "cuda":
+            side["device_ms_per_step"] = round(
+                sum(e.self_device_time_total for e in table) / 1000 / args.steps, 3)
+            side["kernels_per_step"] = round(
+                sum(e.count for e in table if e.self_device_time_total > 0) / args.steps, 1)
+            side["top_self_device"] = top("self_device_time_total")
+        sides[name] = side
+    return {
+        "benchmark": "profile_lm_operators",
+        "mixed_precision": bool(args.mixed_precision),
+        "steps": args.steps,
+        "sizes": {**lm_throughput.SIZES, "vocab_size": args.vocab_size,
+                  "embed_width": args.width, "hidden_width": args.width},
+        "sides": sides,
+        "step_ratio": sides["torch"]["ms_per_step"] / sides["spacy_rnn"]["ms_per_step"],
+    }
 
 
 if __name__ == "__main__":

@@ -7,6 +7,9 @@
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu_out}
 mkdir -p "$OUT"
+# gpu_wheels.sh carries PTB's training text compressed.
+[ -f shared/ptb/ptb.train.txt.xz ] && [ ! -f shared/ptb/ptb.train.txt ] && python3 -c \
+  "import lzma, shutil; shutil.copyfileobj(lzma.open('shared/ptb/ptb.train.txt.xz'), open('shared/ptb/ptb.train.txt', 'wb'))"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
   --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1

@@ -220,3 +220,21 @@ def test_listeners_train_on_gpu_with_cudnn_weights_kept_in_place():
     _train(nlp, examples, optimizer, 25)
     assert [p.data_ptr() for p in encoder.parameters()] == pointers
     assert _scores(nlp, examples)["tag_acc"] >= 0.9
+
+
+def test_host_transfers_keep_their_values_without_draining_the_gpu():
+    from spacy_rnn.torch_modules.transfer import HostScalar, to_device
+
+    # The host array may change (or be freed) as soon as to_device returns:
+    # it was staged in pinned memory.
+    a = numpy.arange(100000, dtype="int64")
+    t = to_device(a, "cuda")
+    a[:] = -1
+    assert t.cpu().numpy().tolist() == list(range(100000))
+    # A reading is the value when it was queued, not after later kernels.
+    y = torch.ones(1 << 20, device="cuda")
+    reading = HostScalar(y.sum())
+    for _ in range(50):
+        y.mul_(2.0)
+    assert float(reading) == float(1 << 20)
+    assert float(y[0]) == 2.0 ** 50

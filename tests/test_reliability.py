@@ -118,6 +118,27 @@ def test_million_token_doc(trained_nlp):
     assert encoder_peak < bound, (encoder_peak, bound)
 
 
+@pytest.mark.parametrize("poisoned", ["output", "gradient"])
+def test_encoder_refuses_non_finite_values_before_backward(poisoned):
+    from spacy_rnn.layers.rnn_encoder import RNNEncoder
+
+    encoder = RNNEncoder(4, bidirectional=False)
+    X = [numpy.ones((3, 4), dtype="float32"), numpy.ones((2, 4), dtype="float32")]
+    encoder.initialize(X=X)
+    if poisoned == "output":
+        X[1][1, 2] = numpy.nan
+    Ys, backprop = encoder.begin_update(X)
+    dYs = [numpy.ones_like(Y) for Y in Ys]
+    if poisoned == "gradient":
+        dYs[0][0, 0] = numpy.inf
+    weights = [p.detach().clone() for p in encoder.shims[0]._model.parameters()]
+    with pytest.raises(FloatingPointError, match=f"in the {poisoned} during training"):
+        backprop(dYs)
+    # Raised before torch's backward: no gradient reached the weights.
+    for p, w in zip(encoder.shims[0]._model.parameters(), weights):
+        assert p.grad is None and bool((p.detach() == w).all())
+
+
 def test_nan_loss_stops_training_and_keeps_good_models(fixture_corpus, tmp_path):
     result = _train(
         fixture_corpus, tmp_path,

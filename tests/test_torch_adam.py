@@ -87,10 +87,11 @@ def test_other_optimizers_fall_back(make):
     shim = InPlacePyTorchShim(module)
     shim.finish_update(make())
     assert any(not torch.equal(a, b.detach()) for a, b in zip(before, module.parameters()))
-    assert all(float(p.grad.abs().sum()) == 0 for p in module.parameters())
+    # Gradients are cleared (set to None, as zero_grad does) after the step.
+    assert all(p.grad is None for p in module.parameters())
 
 
-def test_shim_keeps_storage_and_zeroes_grads():
+def test_shim_keeps_storage_and_clears_grads():
     module = _module(2)
     shim = InPlacePyTorchShim(module)
     ptrs = [p.data_ptr() for p in module.parameters()]
@@ -99,7 +100,8 @@ def test_shim_keeps_storage_and_zeroes_grads():
         _set_grads(module, step)
         shim.finish_update(opt)
     assert [p.data_ptr() for p in module.parameters()] == ptrs
-    assert all(float(p.grad.abs().sum()) == 0 for p in module.parameters())
+    # Gradients are cleared (set to None, as zero_grad does) after the step.
+    assert all(p.grad is None for p in module.parameters())
 
 
 def test_a_new_optimizer_gets_its_own_moments():

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Run ON the lent GPU machine (device tool, carry [".whl"]): A/B of the
+# working tree's spacy-rnn against a baseline wheel, same machine, same call.
+# Here first: `bash scripts/gpu_wheels.sh`, then build the baseline into
+# .whl/base/, e.g.
+#   git worktree add /tmp/base <rev> && .venv/bin/python -m pip wheel -q \
+#     --no-deps --no-build-isolation -w .whl/base /tmp/base
+# Steps (each time-boxed; STEPS picks a subset): lm (lm_throughput, base
+# then new), ops (profile_lm --torch-profiler, new), mixed (lm_throughput
+# float16, new), big (lm_throughput at width 650, new), tests (pytest -m
+# gpu, new), textcat (textcat_bench, new).
+set -uo pipefail
+OUT=${OUT:-/tmp/gpu_out}
+mkdir -p "$OUT"
+# gpu_wheels.sh carries PTB's training text compressed.
+[ -f shared/ptb/ptb.train.txt.xz ] && [ ! -f shared/ptb/ptb.train.txt ] && python3 -c \
+  "import lzma, shutil; shutil.copyfileobj(lzma.open('shared/ptb/ptb.train.txt.xz'), open('shared/ptb/ptb.train.txt', 'wb'))"
+pip_install() {
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target "$1" "${@:2}"
+}
+pip_install /tmp/site .whl/*.whl || exit 1
+[ -d .whl/base ] && pip_install /tmp/site_base .whl/base/*.whl
+export PYTHONUNBUFFERED=1
+NEW=/tmp/site
+BASE=/tmp/site_base:/tmp/site
+S=${SECONDS_EACH:-30}
+STEPS=${STEPS:-lm ops big tests textcat}
+log() { echo "$(date -u +%H:%M:%S) $*" >> "$OUT/steps.log"; }
+for step in $STEPS; do
+  log "start $step"
+  case $step in
+    lm)
+      for side in base new; do
+        [ $side = base ] && [ ! -d /tmp/site_base ] && continue
+        path=$NEW; [ $side = base ] && path=$BASE
+        PYTHONPATH=$path timeout 120 python3 benchmarks/lm_throughput.py --data shared/ptb \
+          --seconds "$S" --gpu-id 0 ${LM_ARGS:-} > "$OUT/lm_$side.json" 2>> "$OUT/stderr.log"
+      done ;;
+    ops)
+      PYTHONPATH=$NEW timeout 90 python3 benchmarks/profile_lm.py --data shared/ptb \
+        --torch-profiler --steps 50 --top 25 --gpu-id 0 > "$OUT/lm_ops.json" 2>> "$OUT/stderr.log" ;;
+    mixed)
+      PYTHONPATH=$NEW timeout 120 python3 benchmarks/lm_throughput.py --data shared/ptb \
+        --seconds "$S" --gpu-id 0 --mixed-precision > "$OUT/lm_mixed.json" 2>> "$OUT/stderr.log" ;;
+    big)
+      PYTHONPATH=$NEW timeout 120 python3 benchmarks/lm_throughput.py --data shared/ptb \
+        --seconds 20 --width 650 --gpu-id 0 > "$OUT/lm_650.json" 2>> "$OUT/stderr.log" ;;
+    tests)
+      PYTHONPATH=$NEW timeout 150 python3 -m pytest -m gpu -q -p no:cacheprovider --tb=short \
+        tests/test_gpu.py > "$OUT/gpu_tests.log" 2>&1 ;;
+    textcat)
+      PYTHONPATH=$NEW timeout 170 python3 benchmarks/textcat_bench.py --corpus-dir shared/amazon \
+        --gpu-id 0 --seconds 20 --models "${TEXTCAT_MODELS:-rnn_bilstm,torch_bilstm}" \
+        > "$OUT/textcat_bench.json" 2>> "$OUT/stderr.log" ;;
+  esac
+  log "end $step"
+done
+grep -v "VisibleDeprecationWarning\|toDlpack" "$OUT/stderr.log" 2>/dev/null | tail -15
+cat "$OUT/steps.log"
