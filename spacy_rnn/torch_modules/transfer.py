@@ -16,8 +16,12 @@ def to_device(array: numpy.ndarray, device) -> torch.Tensor:
     so the numpy array may be freed at once.
     """
     tensor = torch.from_numpy(numpy.ascontiguousarray(array))
-    if torch.device(device).type == "cpu":
+    kind = torch.device(device).type
+    if kind == "cpu":
         return tensor
+    if kind != "cuda":
+        # Pinned memory is a CUDA notion; other back ends get a plain copy.
+        return tensor.to(device)
     return tensor.pin_memory().to(device, non_blocking=True)
 
 
