@@ -71,7 +71,8 @@ def main(argv=None):
     side = lm_throughput.SpacyRNNSide(args, Path(args.data) / "ptb.train.txt", device)
     if args.torch_profiler:
         result = compare_operators(args, side, device)
-        result["machine"] = _common.machine_info(threads, device)
+        result = {"benchmark": result.pop("benchmark"),
+                  **_common.machine_info(threads, device), **result}
         _common.emit(result)
         return result
     side.train_for(args.warmup)

@@ -131,3 +131,16 @@ def test_profile_lm(ptb):
     assert parts["forward_backward"] > 0 and parts["optimizer_step"] > 0
     assert parts["forward_backward"] <= r["ms_per_step"] * 1.5
     assert r["top_own_time_ms_per_step"]
+
+
+def test_profile_lm_torch_profiler(ptb):
+    r = run_script(
+        "profile_lm.py", "--data", ptb, "--torch-profiler", "--steps", 3, "--top", 5,
+        "--vocab-size", 60, "--width", 16, "--max-train-tokens", 0,
+    )
+    assert r["benchmark"] == "profile_lm_operators"
+    for name in ("spacy_rnn", "torch"):
+        side = r["sides"][name]
+        assert side["ms_per_step"] > 0 and side["aten_ops_per_step"] > 0
+        assert side["top_self_cpu"] and "top_self_device" not in side  # CPU run
+    assert r["step_ratio"] > 0
