@@ -70,9 +70,9 @@ def main(argv=None):
     device = _common.torch_device(args.gpu_id)
     side = lm_throughput.SpacyRNNSide(args, Path(args.data) / "ptb.train.txt", device)
     if args.torch_profiler:
-        result = compare_operators(args, side, device)
-        result = {"benchmark": result.pop("benchmark"),
-                  **_common.machine_info(threads, device), **result}
+        result = {"benchmark": "profile_lm_operators",
+                  **_common.machine_info(threads, device),
+                  **compare_operators(args, side, device)}
         _common.emit(result)
         return result
     side.train_for(args.warmup)
@@ -175,7 +175,6 @@ def compare_operators(args, spacy_side, device):
             side["top_self_device"] = top("self_device_time_total")
         sides[name] = side
     return {
-        "benchmark": "profile_lm_operators",
         "mixed_precision": bool(args.mixed_precision),
         "steps": args.steps,
         "sizes": {**lm_throughput.SIZES, "vocab_size": args.vocab_size,

@@ -10,18 +10,9 @@
 # float16, new), big (lm_throughput at width 650, new), tests (pytest -m
 # gpu, new), textcat (textcat_bench, new).
 set -uo pipefail
-OUT=${OUT:-/tmp/gpu_out}
-mkdir -p "$OUT"
-# gpu_wheels.sh carries PTB's training text compressed.
-[ -f shared/ptb/ptb.train.txt.xz ] && [ ! -f shared/ptb/ptb.train.txt ] && python3 -c \
-  "import lzma, shutil; shutil.copyfileobj(lzma.open('shared/ptb/ptb.train.txt.xz'), open('shared/ptb/ptb.train.txt', 'wb'))"
-pip_install() {
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target "$1" "${@:2}"
-}
+source "$(dirname "$0")/gpu_setup.sh"
 pip_install /tmp/site .whl/*.whl || exit 1
 [ -d .whl/base ] && pip_install /tmp/site_base .whl/base/*.whl
-export PYTHONUNBUFFERED=1
 NEW=/tmp/site
 BASE=/tmp/site_base:/tmp/site
 S=${SECONDS_EACH:-30}

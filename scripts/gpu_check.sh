@@ -5,14 +5,9 @@
 # logs and JSON to $OUT (at most 8 files come back). Each step is time-boxed
 # so the whole run fits one 10-minute call.
 set -uo pipefail
-OUT=${OUT:-/tmp/gpu_out}
-mkdir -p "$OUT"
-# gpu_wheels.sh carries PTB's training text compressed.
-[ -f shared/ptb/ptb.train.txt.xz ] && [ ! -f shared/ptb/ptb.train.txt ] && python3 -c \
-  "import lzma, shutil; shutil.copyfileobj(lzma.open('shared/ptb/ptb.train.txt.xz'), open('shared/ptb/ptb.train.txt', 'wb'))"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-  --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
+source "$(dirname "$0")/gpu_setup.sh"
+pip_install /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   python3 -c "import torch, spacy, thinc, cupy, datasets, pyarrow, spacy_rnn; print(torch.__version__, spacy.__version__, thinc.__version__, cupy.__version__, datasets.__version__, pyarrow.__version__)"

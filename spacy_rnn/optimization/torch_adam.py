@@ -39,7 +39,7 @@ def thinc_adam_step(
     scratch (Dict): Reusable work buffers and cached views of the optimiser's
         arrays, kept by the caller from step to step.
     RETURNS (bool): False if the optimiser is not a plain Thinc Adam; nothing
-        was changed then. Gradients are left for the caller to zero.
+        was changed then. Gradients are left for the caller to clear.
     """
     if type(optimizer) is not Optimizer or optimizer.use_radam:
         return False

@@ -911,20 +911,18 @@ class RNNLanguageModelPipe(TrainablePipe):
                 if device.type == "cpu":
                     lp_all[:, start:end][window] = lp.detach().float().numpy()
                 else:
-                    kept.append((start, end, lp.detach()))
+                    kept.append((start, end, window, lp.detach()))
             if distributions is not None:
                 with self._autocast():
                     dist = module.log_probs(H.reshape(-1, H.shape[-1]))
                 distributions.append(dist.detach().float().cpu().reshape(B, end - start, -1).numpy())
             state = detach_state(state)
         if kept:
-            flat = torch.cat([lp for _, _, lp in kept]).float().cpu().numpy()
+            flat = torch.cat([lp for *_, lp in kept]).float().cpu().numpy()
             offset = 0
-            for start, end, _ in kept:
-                window = mask[:, start:end]
-                n = int(window.sum())
-                lp_all[:, start:end][window] = flat[offset : offset + n]
-                offset += n
+            for start, end, window, lp in kept:
+                lp_all[:, start:end][window] = flat[offset : offset + len(lp)]
+                offset += len(lp)
         for b in range(B):
             row = lp_all[b, : lengths[b]]
             out[b] = row[::-1].copy() if direction == "bwd" else row.copy()

@@ -117,6 +117,8 @@ class RNNLanguageModel(nn.Module):
         # A host copy of the buffer: reading a CUDA scalar waits for the GPU,
         # and every softmax needs the count. None: read it again.
         self._n_active_int: Optional[int] = vocab_size
+        # ((word count, device), bool mask of the unused output rows).
+        self._unused_cache = None
 
     @property
     def device(self) -> torch.device:
@@ -256,7 +258,7 @@ class RNNLanguageModel(nn.Module):
         # Kept per (word count, device): rebuilding it cost two kernels per
         # softmax on a GPU.
         key = (self.n_words, scores.device)
-        cached = getattr(self, "_unused_cache", None)
+        cached = self._unused_cache
         if cached is None or cached[0] != key:
             rows = torch.arange(self.vocab_size, device=scores.device)
             cached = (key, rows >= key[0])
