@@ -8,8 +8,10 @@ Both sides: 10k vocabulary, 200-wide embeddings, a 2-layer 200-wide LSTM,
 untied full softmax, dropout 0.2, BPTT 35 over 20 parallel streams of
 ptb.train.txt, Adam (lr 0.001) with gradient clipping at 0.25, one optimiser
 step per 35-token window. The plain loop is pytorch/examples'
-word_language_model with Adam (global-norm clipping; Thinc's optimiser,
-which ``rnn_lm`` uses, clips each tensor's norm). ``rnn_lm`` is fed the way
+word_language_model with Adam and global-norm clipping; ``rnn_lm`` clips the
+same way through ``spacy_rnn.clip_global_norm.v1`` (``--rnn-lm-clip
+per-tensor``: Thinc's own ``grad_clip`` instead, each tensor's norm on its
+own, as the figures before 2026-11-23 were taken). ``rnn_lm`` is fed the way
 ``spacy train`` feeds it (``spacy-rnn.TokenStreamCorpus.v1`` docs, one
 ``nlp.update`` per window). The two sides take turns (``--rounds``) so that
 load from other processes hits both alike. Evaluation: 10 streams over
@@ -29,6 +31,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
+
+# rnn_lm updates timed together (see SpacyRNNSide.train_for).
+STEPS_PER_TIMING = 10
 
 SIZES = dict(vocab_size=10000, embed_width=200, hidden_width=200, depth=2, bptt=35,
              n_streams=20, eval_streams=10, dropout=0.2, learn_rate=0.001, clip=0.25)
@@ -51,6 +56,9 @@ def parse_args(argv=None):
                    help="embedding and LSTM width")
     p.add_argument("--mixed-precision", action="store_true",
                    help="autocast both sides (float16 + loss scaling on CUDA, bfloat16 on CPU)")
+    p.add_argument("--rnn-lm-clip", choices=["global", "per-tensor"], default="global",
+                   help="rnn_lm's clipping: the global norm as the plain loop does "
+                        "(spacy_rnn.clip_global_norm.v1), or Thinc's per-tensor grad_clip")
     _common.add_common_args(p)
     return p.parse_args(argv)
 
@@ -207,7 +215,14 @@ class SpacyRNNSide:
             train_path, n_streams=SIZES["n_streams"], doc_length=SIZES["bptt"],
             limit=args.max_train_tokens)
         self.lm.initialize(lambda: iter([]), nlp=self.nlp, vocab_path=str(train_path))
-        self.optimizer = Adam(learn_rate=SIZES["learn_rate"], grad_clip=SIZES["clip"],
+        per_tensor = getattr(args, "rnn_lm_clip", "global") == "per-tensor"
+        if not per_tensor:
+            # What a config's [initialize.after_init] callback does.
+            from spacy_rnn.optimization.global_norm import make_clip_global_norm_callback
+
+            make_clip_global_norm_callback(SIZES["clip"], ["rnn_lm"])(self.nlp)
+        self.optimizer = Adam(learn_rate=SIZES["learn_rate"],
+                              grad_clip=SIZES["clip"] if per_tensor else 0.0,
                               L2=0.0, use_averages=False)
         self.batches = self._batches()
 
@@ -225,12 +240,16 @@ class SpacyRNNSide:
         spent = 0.0
         losses = {}
         while spent < seconds:
-            # Doc creation is the reader's job, outside the timed update.
-            batch = next(self.batches)
+            # Doc creation is the reader's job, outside the timed updates. A
+            # chunk of batches is read first and its updates are timed
+            # together, so a GPU is drained once per chunk, as the plain loop's
+            # is once per call, and not after every step.
+            chunk = [next(self.batches) for _ in range(STEPS_PER_TIMING)]
             start = _common.timer(self.device)
-            self.nlp.update(batch, sgd=self.optimizer, losses=losses)
+            for batch in chunk:
+                self.nlp.update(batch, sgd=self.optimizer, losses=losses)
             spent += _common.timer(self.device) - start
-            tokens += sum(len(eg.predicted) for eg in batch)
+            tokens += sum(len(eg.predicted) for batch in chunk for eg in batch)
         self.last_loss = losses.get("rnn_lm")
         return tokens, spent
 
@@ -293,8 +312,10 @@ def main(argv=None):
         "benchmark": "lm_throughput",
         **_common.machine_info(threads, device),
         "mixed_precision": bool(args.mixed_precision),
+        "rnn_lm_clip": args.rnn_lm_clip,
         "sizes": {**SIZES, "vocab_size": args.vocab_size, "embed_width": args.width,
                   "hidden_width": args.width},
+        "rnn_lm_steps_per_timing": STEPS_PER_TIMING,
         "train_seconds_each": {k: v[1] for k, v in train.items()},
         "train_tokens_each": {k: v[0] for k, v in train.items()},
         "eval_tokens": evals["torch"][0],

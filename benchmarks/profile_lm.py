@@ -19,6 +19,17 @@ GPU time on CUDA) on each side, so that extra or slower kernels show up next
 to the plain loop's.
 
     python benchmarks/profile_lm.py --data ../shared/data/ptb --torch-profiler
+
+``--host-overhead`` times, without a profiler, the same ``--steps`` batches
+through ``nlp.update``, through the component's own ``update`` and
+``finish_update`` (what ``nlp.update`` calls), and through spaCy's example
+copy alone, next to the plain loop's step: the difference between the first
+two is what spaCy's ``Language.update`` costs, the difference between the
+second and the plain loop what spacy-rnn costs. With a small model
+(``--width 16 --vocab-size 500``) the arithmetic nearly vanishes and these
+are host costs, the ones that bound a GPU step.
+
+    python benchmarks/profile_lm.py --data ../shared/data/ptb --host-overhead --width 16 --vocab-size 500
 """
 import argparse
 import cProfile
@@ -38,6 +49,7 @@ PARTS = [
     ("forward_backward", "spacy_rnn/pipeline/language_model.py", "_score"),
     ("backward_only", "torch/_tensor.py", "backward"),
     ("optimizer_step", "spacy_rnn/layers/torch_shim.py", "finish_update"),
+    ("global_norm_clip", "spacy_rnn/optimization/global_norm.py", "clip_global_norm_async"),
 ]
 
 
@@ -52,10 +64,16 @@ def parse_args(argv=None):
     p.add_argument("--top", type=int, default=15)
     p.add_argument("--mixed-precision", action="store_true",
                    help="profile rnn_lm with mixed_precision = true")
+    p.add_argument("--rnn-lm-clip", choices=["global", "per-tensor"], default="global",
+                   help="rnn_lm's clipping, as in lm_throughput.py")
     p.add_argument("--torch-profiler", action="store_true",
                    help="compare both sides' torch operators instead of cProfile")
+    p.add_argument("--host-overhead", action="store_true",
+                   help="time nlp.update, the component's own update and the plain loop's step")
+    p.add_argument("--rounds", type=int, default=5,
+                   help="alternating timing rounds under --host-overhead (median counts)")
     p.add_argument("--steps", type=int, default=50,
-                   help="steps per side under --torch-profiler")
+                   help="steps per side under --torch-profiler, per round under --host-overhead")
     _common.add_common_args(p)
     return p.parse_args(argv)
 
@@ -69,6 +87,12 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     device = _common.torch_device(args.gpu_id)
     side = lm_throughput.SpacyRNNSide(args, Path(args.data) / "ptb.train.txt", device)
+    if args.host_overhead:
+        result = {"benchmark": "profile_lm_host_overhead",
+                  **_common.machine_info(threads, device),
+                  **host_overhead(args, side, device)}
+        _common.emit(result)
+        return result
     if args.torch_profiler:
         result = {"benchmark": "profile_lm_operators",
                   **_common.machine_info(threads, device),
@@ -100,6 +124,7 @@ def main(argv=None):
     result = {
         "benchmark": "profile_lm",
         "mixed_precision": bool(args.mixed_precision),
+        "rnn_lm_clip": args.rnn_lm_clip,
         **_common.machine_info(threads, device),
         "steps": round(steps, 1),
         "ms_per_step": seconds * 1000 / steps,
@@ -111,6 +136,59 @@ def main(argv=None):
     }
     _common.emit(result)
     return result
+
+
+def host_overhead(args, spacy_side, device):
+    """Milliseconds per training step of each way of driving the update."""
+    import statistics
+
+    from spacy.language import _copy_examples
+
+    train_path = Path(args.data) / "ptb.train.txt"
+    tokens = lm_throughput.read_tokens(train_path, args.max_train_tokens)
+    torch_side = lm_throughput.TorchSide(args, tokens, device)
+    nlp, lm, optimizer = spacy_side.nlp, spacy_side.lm, spacy_side.optimizer
+    losses = {}
+
+    def component(batch):
+        lm.update(batch, losses=losses)
+        lm.finish_update(optimizer)
+
+    ways = {
+        "nlp_update": lambda batch: nlp.update(batch, sgd=optimizer, losses=losses),
+        "component_update": component,
+        "spacy_copy_examples": _copy_examples,
+    }
+    step_tokens = lm_throughput.SIZES["n_streams"] * lm_throughput.SIZES["bptt"]
+    times = {name: [] for name in [*ways, "plain_torch_step"]}
+    for round_ in range(max(1, args.rounds) + 1):
+        batches = [next(spacy_side.batches) for _ in range(args.steps)]
+        for name, way in ways.items():
+            start = _common.timer(device)
+            for batch in batches:
+                way(batch)
+            elapsed = _common.timer(device) - start
+            if round_:  # the first round warms up
+                times[name].append(elapsed * 1000 / len(batches))
+        # The plain loop runs on its own clock for about as long.
+        n, elapsed = torch_side.train_for(times["nlp_update"][-1] * args.steps / 1000 if round_ else 0.2)
+        if round_:
+            times["plain_torch_step"].append(elapsed * 1000 / (n / step_tokens))
+    ms = {name: round(statistics.median(v), 3) for name, v in times.items()}
+    return {
+        "rnn_lm_clip": args.rnn_lm_clip,
+        "steps_per_round": args.steps,
+        "rounds": max(1, args.rounds),
+        "sizes": {**lm_throughput.SIZES, "vocab_size": args.vocab_size,
+                  "embed_width": args.width, "hidden_width": args.width},
+        "ms_per_step": ms,
+        # What each layer of the stack adds to a step.
+        "spacy_language_update_ms": round(ms["nlp_update"] - ms["component_update"], 3),
+        "spacy_rnn_over_plain_ms": round(ms["component_update"] - ms["plain_torch_step"], 3),
+        "step_ratio": round(ms["plain_torch_step"] / ms["nlp_update"], 3),
+        "step_ratio_without_language_update": round(
+            ms["plain_torch_step"] / ms["component_update"], 3),
+    }
 
 
 def compare_operators(args, spacy_side, device):
@@ -176,6 +254,7 @@ def compare_operators(args, spacy_side, device):
         sides[name] = side
     return {
         "mixed_precision": bool(args.mixed_precision),
+        "rnn_lm_clip": args.rnn_lm_clip,
         "steps": args.steps,
         "sizes": {**lm_throughput.SIZES, "vocab_size": args.vocab_size,
                   "embed_width": args.width, "hidden_width": args.width},

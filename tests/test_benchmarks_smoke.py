@@ -72,13 +72,14 @@ def test_textcat_bench(corpus):
     assert r["summary"]["bow"]["int8_vs_float32_infer_ratio"] is None
 
 
-@pytest.mark.parametrize("extra", [[], ["--mixed-precision"]])
+@pytest.mark.parametrize("extra", [[], ["--mixed-precision"], ["--rnn-lm-clip", "per-tensor"]])
 def test_lm_throughput(ptb, extra):
     r = run_script(
         "lm_throughput.py", "--data", ptb, "--seconds", 0.4, "--rounds", 1,
         "--vocab-size", 60, "--width", 16, "--max-eval-tokens", 200, *extra,
     )
-    assert r["mixed_precision"] is bool(extra)
+    assert r["mixed_precision"] is ("--mixed-precision" in extra)
+    assert r["rnn_lm_clip"] == ("per-tensor" if "per-tensor" in extra else "global")
     assert r["spacy_rnn_error"] is None
     for key in ("spacy_rnn_train_tokens_per_s", "torch_train_tokens_per_s", "train_ratio",
                 "spacy_rnn_eval_tokens_per_s", "torch_eval_tokens_per_s", "eval_ratio"):
@@ -129,6 +130,7 @@ def test_profile_lm(ptb):
     assert r["steps"] > 0 and r["ms_per_step"] > 0
     parts = r["parts_ms_per_step"]
     assert parts["forward_backward"] > 0 and parts["optimizer_step"] > 0
+    assert parts["global_norm_clip"] > 0  # clipped as the plain loop clips
     assert parts["forward_backward"] <= r["ms_per_step"] * 1.5
     assert r["top_own_time_ms_per_step"]
 

@@ -6,7 +6,11 @@ import numpy
 import pytest
 from thinc.api import Adam, fix_random_seed
 
-from spacy_rnn.optimization.global_norm import clip_global_norm, make_clip_global_norm_callback
+from spacy_rnn.optimization.global_norm import (
+    clip_global_norm,
+    clip_global_norm_async,
+    make_clip_global_norm_callback,
+)
 
 from .util import ROOT, blank_with_textcat, fixture_examples
 
@@ -50,19 +54,45 @@ def test_clipping_rescales_whole_gradient_including_torch():
 
 def test_no_clipping_below_the_threshold():
     model = _nlp_with_grads().get_pipe("rnn_textcat").model
-    norm = _norm(_grads(model))
+    before = [g.copy() for g in _grads(model)]
+    norm = _norm(before)
     clip_global_norm(model, norm * 2)
-    assert _norm(_grads(model)) == pytest.approx(norm, rel=1e-5)
+    # The factor is clamped to exactly 1: gradients are bit-identical.
+    for b, a in zip(before, _grads(model)):
+        assert numpy.array_equal(a, b)
 
 
 def test_callback_wraps_named_component_and_checks_names():
     nlp = _nlp_with_grads()
+    norm = _norm(_grads(nlp.get_pipe("rnn_textcat").model))
     make_clip_global_norm_callback(0.5, ["rnn_textcat"])(nlp)
     textcat = nlp.get_pipe("rnn_textcat")
     textcat.finish_update(Adam(0.001))
-    assert textcat.cfg["last_grad_norm"] > 0
+    assert textcat.cfg["last_grad_norm"] == pytest.approx(norm, rel=1e-4)
     with pytest.raises(ValueError, match="no component named"):
         make_clip_global_norm_callback(0.5, ["nope"])(nlp)
+
+
+def test_async_norm_is_lazy_and_a_pending_reading_is_recorded_next_step(monkeypatch):
+    from spacy_rnn.torch_modules.transfer import HostScalar
+
+    nlp = _nlp_with_grads()
+    model = nlp.get_pipe("rnn_textcat").model
+    norm = _norm(_grads(model))
+    reading = clip_global_norm_async(model, norm / 4)
+    assert isinstance(reading, HostScalar)
+    assert float(reading) == pytest.approx(norm, rel=1e-4)
+    assert _norm(_grads(model)) == pytest.approx(norm / 4, rel=1e-3)
+    # A reading that is not ready yet (a GPU still busy) is not waited for:
+    # the step goes on and the value is recorded at the next step.
+    nlp = _nlp_with_grads()
+    make_clip_global_norm_callback(1e9, ["rnn_textcat"])(nlp)
+    textcat = nlp.get_pipe("rnn_textcat")
+    monkeypatch.setattr(HostScalar, "ready", lambda self: False)
+    textcat.finish_update(Adam(0.001))
+    assert "last_grad_norm" not in textcat.cfg
+    nlp.update(fixture_examples(nlp), sgd=Adam(0.001))
+    assert textcat.cfg["last_grad_norm"] == pytest.approx(norm, rel=1e-4)
 
 
 def test_config_setting_trains(fixture_corpus, tmp_path):

@@ -426,3 +426,28 @@ def test_regularisers_are_off_at_prediction_time():
     first = [d._.lm_logprob for d in nlp.pipe(texts)]
     second = [d._.lm_logprob for d in nlp.pipe(texts)]
     assert first == second
+
+
+@pytest.mark.parametrize("first", [None, [3, 5]])
+def test_equal_length_batches_score_like_padded_ones(first):
+    # Equal-length batches (every stream batch) build their inputs with
+    # whole-array operations, ragged ones row by row: same scores.
+    fix_random_seed(0)
+    nlp, lm = make_lm(bidirectional=True, depth=2, bptt=4)
+    lm.set_words(["<unk>", "<eos>"] + [f"w{i}" for i in range(22)])
+    for p in lm.module.parameters():
+        torch.nn.init.normal_(p, std=0.5)
+    rng = numpy.random.default_rng(1)
+    seqs = [rng.integers(2, 24, 9).astype("int64") for _ in range(2)]
+    longer = rng.integers(2, 24, 13).astype("int64")
+    for direction in ("fwd", "bwd"):
+        equal, _, _ = lm._score(seqs, direction, train=False, first=first)
+        ragged, _, _ = lm._score(
+            seqs + [longer], direction, train=False,
+            first=None if first is None else first + [7],
+        )
+        for a, b in zip(equal, ragged):
+            assert numpy.allclose(a, b, atol=1e-6)
+    # Training returns no per-doc scores, only the loss readings.
+    out, _, readings = lm._score(seqs, "fwd", train=True, norm=18.0)
+    assert out is None and len(readings) == 3

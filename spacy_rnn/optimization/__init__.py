@@ -1,10 +1,11 @@
 """The RNN optimisation toolkit: training-time techniques as config settings."""
-from .global_norm import clip_global_norm, make_clip_global_norm_callback
+from .global_norm import clip_global_norm, clip_global_norm_async, make_clip_global_norm_callback
 from .ntasgd import NTASGD, make_ntasgd, ntasgd_monitor
 from .plateau import plateau_monitor, plateau_schedule
 
 __all__ = [
     "clip_global_norm",
+    "clip_global_norm_async",
     "make_clip_global_norm_callback",
     "NTASGD",
     "make_ntasgd",

@@ -8,12 +8,16 @@ the optimiser step, so the callback below wraps each named component's
 ``finish_update`` at initialisation: the gradient is rescaled just before
 the optimiser sees it. Set Thinc's own ``grad_clip`` to 0 next to it.
 """
-import math
-from typing import Callable, Iterable, List, Optional
+from collections import defaultdict
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
+import torch
 from spacy.language import Language
 from spacy.util import registry
 from thinc.api import Model, PyTorchShim
+from thinc.util import xp2torch
+
+from ..torch_modules.transfer import HostScalar
 
 
 def clip_global_norm(model: Model, max_norm: float) -> float:
@@ -24,33 +28,67 @@ def clip_global_norm(model: Model, max_norm: float) -> float:
     max_norm (float): The largest allowed global norm.
     RETURNS (float): The global norm before clipping.
     """
-    thinc_grads = []
-    torch_grads = []
+    norm = clip_global_norm_async(model, max_norm)
+    return float(norm) if norm is not None else 0.0
+
+
+def clip_global_norm_async(model: Model, max_norm: float) -> Optional[HostScalar]:
+    """``clip_global_norm`` without waiting for the device: the rescaling is
+    queued as a few multi-tensor operations with the factor kept on the
+    device, and the norm comes back as a ``HostScalar`` that is read (and
+    waited for) only when converted with ``float()``.
+
+    model (Model): The model whose gradients to clip.
+    max_norm (float): The largest allowed global norm.
+    RETURNS (Optional[HostScalar]): The global norm before clipping; None if
+        the model has no gradients.
+    """
+    # Grouped by device and dtype, as torch.nn.utils.clip_grad_norm_ does:
+    # each group's norms are one multi-tensor kernel on a GPU. The previous
+    # version read every array's squared sum into Python, a device-to-host
+    # wait per array and step.
+    groups: Dict[Tuple[torch.device, torch.dtype], List[torch.Tensor]] = defaultdict(list)
+    for grad in _gradients(model):
+        groups[(grad.device, grad.dtype)].append(grad)
+    if not groups:
+        return None
+    first = next(iter(groups))[0]
+    norms = [
+        torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)).float()).to(first)
+        for grads in groups.values()
+    ]
+    total = norms[0] if len(norms) == 1 else torch.linalg.vector_norm(torch.stack(norms))
+    if max_norm > 0:
+        # Clamped at 1 rather than tested on the host, so nothing waits: the
+        # factor is exactly 1 (a no-op) while the norm is below max_norm.
+        factor = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+        for (device, dtype), grads in groups.items():
+            torch._foreach_mul_(grads, factor.to(device=device, dtype=dtype))
+    return HostScalar(total)
+
+
+def _gradients(model: Model) -> List[torch.Tensor]:
+    # Torch views of every gradient: Thinc's arrays through DLPack or numpy
+    # (shared memory, so scaling the view scales the array) and the torch
+    # parameters' own, unscaled first under mixed precision.
+    grads: List[torch.Tensor] = []
     for node in model.walk():
         for name in node.param_names:
             if node.has_grad(name):
-                thinc_grads.append(node.get_grad(name))
+                grad = node.get_grad(name)
+                if grad.size:
+                    grads.append(xp2torch(grad))
         for shim in node.shims:
             if isinstance(shim, PyTorchShim):
                 if hasattr(shim, "unscale_gradients"):
                     # Clip what the optimiser will see, not loss-scaled values.
                     shim.unscale_gradients()
-                torch_grads.extend(
-                    p.grad for p in shim._model.parameters() if p.grad is not None
+                grads.extend(
+                    p.grad.detach()
+                    for p in shim._model.parameters()
+                    if p.grad is not None and p.grad.numel()
                 )
-    total = 0.0
-    for grad in thinc_grads:
-        total += float((grad * grad).sum())
-    for grad in torch_grads:
-        total += float(grad.detach().float().pow(2).sum())
-    norm = math.sqrt(total)
-    if max_norm > 0 and norm > max_norm:
-        scale = max_norm / (norm + 1e-6)
-        for grad in thinc_grads:
-            grad *= scale
-        for grad in torch_grads:
-            grad.mul_(scale)
-    return norm
+    return grads
 
 
 @registry.callbacks("spacy_rnn.clip_global_norm.v1")
@@ -91,10 +129,22 @@ def _wrap_finish_update(proc, max_norm: float) -> None:
     if getattr(proc, "_spacy_rnn_clipped", False):
         return
     original = proc.finish_update
+    pending: List[HostScalar] = []
 
     def finish_update(sgd):
-        proc.cfg["last_grad_norm"] = clip_global_norm(proc.model, max_norm)
-        return original(sgd)
+        # ``cfg["last_grad_norm"]`` is a plain float (the config is saved as
+        # JSON). A reading still on its way from a GPU is recorded at the next
+        # step instead of waited for here, which would drain the device.
+        if pending:
+            proc.cfg["last_grad_norm"] = float(pending.pop())
+        norm = clip_global_norm_async(proc.model, max_norm)
+        result = original(sgd)
+        if norm is not None:
+            if norm.ready():
+                proc.cfg["last_grad_norm"] = float(norm)
+            else:
+                pending.append(norm)
+        return result
 
     proc.finish_update = finish_update
     proc._spacy_rnn_clipped = True

@@ -596,6 +596,9 @@ class RNNLanguageModelPipe(TrainablePipe):
         keys, values = self._hash_index
         pos = numpy.minimum(numpy.searchsorted(keys, hashes), len(keys) - 1)
         ids = numpy.where(keys[pos] == hashes, values[pos], self._ids[UNK]).astype("int64")
+        if len(set(lengths)) == 1:
+            # Rows of one array: numpy.split loops in Python.
+            return list(ids.reshape(len(docs), lengths[0]))
         return numpy.split(ids, numpy.cumsum(lengths)[:-1])
 
     def ids_of(self, words: Iterable[str]) -> numpy.ndarray:
@@ -834,10 +837,10 @@ class RNNLanguageModelPipe(TrainablePipe):
     ):
         """Run one direction over a batch of id sequences, window by window.
 
-        Returns the per-doc log probabilities (doc order; zeros when
-        training), the recurrent state after the last window, and (when
-        training) each window's loss / norm on its way to the host, after
-        backpropagating it.
+        Returns the per-doc log probabilities (doc order; None when training
+        without ``distributions``, where nobody reads them), the recurrent
+        state after the last window, and (when training) each window's loss /
+        norm on its way to the host, after backpropagating it.
         """
         eos = self._ids[EOS]
         module = self.module
@@ -845,33 +848,42 @@ class RNNLanguageModelPipe(TrainablePipe):
         lengths = numpy.asarray([len(s) for s in seqs], dtype="int64")
         B = len(seqs)
         T = int(lengths.max()) if B else 0
-        out = [numpy.zeros((n,), dtype="float32") for n in lengths]
+        # Training needs the loss only (``update`` drops the scores): no
+        # per-window copy back to the host then, and no per-doc arrays.
+        keep_scores = not train or distributions is not None
         if T == 0:
-            return out, state, []
-        targets = numpy.zeros((B, T), dtype="int64")
-        inputs = numpy.full((B, T), eos, dtype="int64")
-        for b, seq in enumerate(seqs):
-            if not len(seq):
-                continue
+            return [numpy.zeros((n,), dtype="float32") for n in lengths], state, []
+        if (lengths == T).all():
+            # Equal lengths (every stream batch): whole-batch array ops
+            # instead of a Python loop over the docs.
+            targets = numpy.stack(seqs)
             if direction == "bwd":
-                # Reverse inside the doc's own length, so padding trails and
-                # the backward stack reads (and predicts) right to left.
-                seq = seq[::-1]
-            targets[b, : len(seq)] = seq
-            inputs[b, 1 : len(seq)] = seq[:-1]
-            if first is not None:
-                inputs[b, 0] = first[b]
+                targets = numpy.ascontiguousarray(targets[:, ::-1])
+            inputs = numpy.empty_like(targets)
+            inputs[:, 1:] = targets[:, :-1]
+            inputs[:, 0] = eos if first is None else first
+        else:
+            targets = numpy.zeros((B, T), dtype="int64")
+            inputs = numpy.full((B, T), eos, dtype="int64")
+            for b, seq in enumerate(seqs):
+                if not len(seq):
+                    continue
+                if direction == "bwd":
+                    # Reverse inside the doc's own length, so padding trails
+                    # and the backward stack reads (and predicts) right to left.
+                    seq = seq[::-1]
+                targets[b, : len(seq)] = seq
+                inputs[b, 1 : len(seq)] = seq[:-1]
+                if first is not None:
+                    inputs[b, 0] = first[b]
         mask = numpy.arange(T)[None, :] < lengths[:, None]
-        lp_all = numpy.zeros((B, T), dtype="float32")
+        lp_all = numpy.zeros((B, T), dtype="float32") if keep_scores else None
         # Indices go to the GPU without waiting for it, and padding is dropped
         # by integer rows computed here: a boolean mask index or a blocking
         # copy would each stall the GPU pipeline once per window.
         inputs_t = to_device(inputs, device)
         targets_t = to_device(targets, device)
         bptt = int(bptt or self.cfg["bptt"])
-        # Training needs the loss only (``update`` drops the scores): no
-        # per-window copy back to the host then.
-        keep_scores = not train or distributions is not None
         # On a GPU, scores stay on the device until every window is queued:
         # one copy to the host (one wait) per call instead of one per window.
         # On CPU each window's are copied out at once: keeping the small
@@ -923,9 +935,12 @@ class RNNLanguageModelPipe(TrainablePipe):
             for start, end, window, lp in kept:
                 lp_all[:, start:end][window] = flat[offset : offset + len(lp)]
                 offset += len(lp)
+        if not keep_scores:
+            return None, state, readings
+        out = []
         for b in range(B):
             row = lp_all[b, : lengths[b]]
-            out[b] = row[::-1].copy() if direction == "bwd" else row.copy()
+            out.append(row[::-1].copy() if direction == "bwd" else row.copy())
         return out, state, readings
 
     def _autocast(self):

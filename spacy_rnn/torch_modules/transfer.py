@@ -49,6 +49,10 @@ class HostScalar:
             tensor = host
         self._value = tensor
 
+    def ready(self) -> bool:
+        """Whether ``float()`` would return without waiting."""
+        return self._event is None or self._event.query()
+
     def __float__(self) -> float:
         if self._event is not None:
             self._event.synchronize()
