@@ -26,13 +26,29 @@ def add_common_args(parser) -> None:
     parser.add_argument("--gpu-id", type=int, default=-1,
                         help="CUDA device to use (-1: CPU)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--keep-freed-memory", action="store_true",
+                        help="keep freed memory for reuse (spacy_rnn.keep_freed_memory.v1): "
+                             "no page faults from large per-step buffers")
 
 
-def setup_threads(threads: int) -> int:
-    """Pin thread counts for OpenMP, MKL and torch; call before importing torch."""
+# Whether setup_threads applied spacy_rnn.keep_freed_memory (for machine_info).
+_HEAP = {"keep_freed_memory": False}
+
+
+def setup_threads(threads: int, keep_freed_memory: bool = False) -> int:
+    """Pin thread counts for OpenMP, MKL and torch; call before importing torch.
+    With ``keep_freed_memory``, also make glibc keep freed blocks for reuse,
+    in this process and (through its environment) in any child process."""
     n = threads if threads and threads > 0 else (os.cpu_count() or 1)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(n)
+    if keep_freed_memory:
+        from spacy_rnn.optimization.heap import keep_freed_memory as keep
+
+        _HEAP["keep_freed_memory"] = keep()
+        # glibc reads these when a process starts: children get the same heap.
+        os.environ["MALLOC_MMAP_THRESHOLD_"] = str(32 * 1024 * 1024)
+        os.environ["MALLOC_TRIM_THRESHOLD_"] = str(2**31 - 1)
     import torch
 
     torch.set_num_threads(n)
@@ -89,6 +105,7 @@ def machine_info(threads: int, device) -> Dict:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "load_average_at_start": list(os.getloadavg()),
+        "keep_freed_memory": _HEAP["keep_freed_memory"],
     }
     if device.type == "cuda":
         info["gpu_name"] = torch.cuda.get_device_name(device)

@@ -57,7 +57,7 @@ def review_lengths(path: Path, limit: int):
 def main(argv=None):
     args = parse_args(argv)
     _common.quiet_stdout()
-    threads = _common.setup_threads(args.threads)
+    threads = _common.setup_threads(args.threads, getattr(args, "keep_freed_memory", False))
     import numpy
     import torch
     from torch import nn

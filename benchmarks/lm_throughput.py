@@ -25,6 +25,8 @@ Thinc's ``PyTorchGradScaler`` inside ``rnn_lm``), bfloat16 on CPU.
 import contextlib
 import argparse
 import math
+import resource
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -264,7 +266,7 @@ class SpacyRNNSide:
 def main(argv=None):
     args = parse_args(argv)
     _common.quiet_stdout()
-    threads = _common.setup_threads(args.threads)
+    threads = _common.setup_threads(args.threads, getattr(args, "keep_freed_memory", False))
     import torch
 
     device = _common.torch_device(args.gpu_id)
@@ -292,11 +294,20 @@ def main(argv=None):
             spacy_error = f"rnn_lm could not be set up: {type(err).__name__}: {err}"
 
     train = {name: [0, 0.0] for name in sides}
+    round_rates = {name: [] for name in sides}
+    # Minor page faults per step: large buffers handed back to the kernel
+    # and faulted in again (see --keep-freed-memory).
+    round_faults = {name: [] for name in sides}
+    step_tokens = SIZES["n_streams"] * SIZES["bptt"]
     for _ in range(max(1, args.rounds)):
         for name, side in sides.items():
+            faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             n, t = side.train_for(args.seconds / max(1, args.rounds))
+            faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
             train[name][0] += n
             train[name][1] += t
+            round_rates[name].append(n / t)
+            round_faults[name].append(round(faults / max(1.0, n / step_tokens)))
     # Evaluation also alternates; the fastest pass of each side counts.
     evals = {}
     for _ in range(max(1, args.rounds)):
@@ -317,6 +328,7 @@ def main(argv=None):
                   "hidden_width": args.width},
         "rnn_lm_steps_per_timing": STEPS_PER_TIMING,
         "train_seconds_each": {k: v[1] for k, v in train.items()},
+        "minor_page_faults_per_step_per_round": round_faults,
         "train_tokens_each": {k: v[0] for k, v in train.items()},
         "eval_tokens": evals["torch"][0],
         "spacy_rnn_train_tokens_per_s": rate(train, "spacy_rnn"),
@@ -331,6 +343,13 @@ def main(argv=None):
     }
     s, t = result["spacy_rnn_train_tokens_per_s"], result["torch_train_tokens_per_s"]
     result["train_ratio"] = s / t if s else None
+    # Each round's two sides ran back to back, so a slow spell of a shared
+    # machine hits one round's pair rather than one side: the median of the
+    # per-round ratios is the steadier figure on a noisy VM.
+    if "spacy_rnn" in round_rates:
+        pairs = [a / b for a, b in zip(round_rates["spacy_rnn"], round_rates["torch"])]
+        result["train_ratio_per_round"] = [round(r, 3) for r in pairs]
+        result["train_ratio_median_of_rounds"] = statistics.median(pairs)
     s, t = result["spacy_rnn_eval_tokens_per_s"], result["torch_eval_tokens_per_s"]
     result["eval_ratio"] = s / t if s else None
     result["ratio_note"] = "spacy_rnn / torch: 1.0 means no overhead"

@@ -100,7 +100,7 @@ def _lm_batches(nlp, args):
 
 
 def run_child(args) -> dict:
-    _common.setup_threads(args.threads)
+    _common.setup_threads(args.threads, getattr(args, "keep_freed_memory", False))
     import spacy
     import torch
     from thinc.api import Adam
@@ -171,7 +171,7 @@ def main(argv=None):
         _common.quiet_stdout()
         _common.emit(run_child(args), indent=None)
         return
-    threads = _common.setup_threads(args.threads)
+    threads = _common.setup_threads(args.threads, getattr(args, "keep_freed_memory", False))
     import torch
 
     runs = []

@@ -81,7 +81,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     _common.quiet_stdout()
-    threads = _common.setup_threads(args.threads)
+    threads = _common.setup_threads(args.threads, getattr(args, "keep_freed_memory", False))
     import torch
 
     torch.manual_seed(args.seed)

@@ -107,7 +107,7 @@ def summarise(profile: cProfile.Profile, top: int):
 def main(argv=None):
     args = parse_args(argv)
     _common.quiet_stdout()
-    threads = _common.setup_threads(args.threads)
+    threads = _common.setup_threads(args.threads, getattr(args, "keep_freed_memory", False))
     import spacy
     import torch
     from spacy.training import Example

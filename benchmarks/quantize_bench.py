@@ -112,7 +112,7 @@ def encoder_only(nlp_float, nlp_int8, lengths_pool, args):
 def main(argv=None):
     args = parse_args(argv)
     _common.quiet_stdout()
-    threads = _common.setup_threads(args.threads)
+    threads = _common.setup_threads(args.threads, getattr(args, "keep_freed_memory", False))
     import spacy
     import torch
 

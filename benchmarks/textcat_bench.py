@@ -168,7 +168,7 @@ def main(argv=None):
     _common.quiet_stdout()
     if args.child:
         return run_child(args)
-    threads = _common.setup_threads(args.threads)
+    threads = _common.setup_threads(args.threads, getattr(args, "keep_freed_memory", False))
     corpus = ensure_corpus(args)
     import torch
 
@@ -212,7 +212,7 @@ def main(argv=None):
 
 
 def run_child(args):
-    threads = _common.setup_threads(args.threads)
+    threads = _common.setup_threads(args.threads, getattr(args, "keep_freed_memory", False))
     import numpy
     import spacy
     import torch

@@ -2,6 +2,7 @@
 and prints one JSON object with the keys the README's figures come from."""
 import json
 import os
+import platform
 import subprocess
 import sys
 
@@ -72,7 +73,9 @@ def test_textcat_bench(corpus):
     assert r["summary"]["bow"]["int8_vs_float32_infer_ratio"] is None
 
 
-@pytest.mark.parametrize("extra", [[], ["--mixed-precision"], ["--rnn-lm-clip", "per-tensor"]])
+@pytest.mark.parametrize(
+    "extra", [[], ["--mixed-precision"], ["--rnn-lm-clip", "per-tensor"], ["--keep-freed-memory"]]
+)
 def test_lm_throughput(ptb, extra):
     r = run_script(
         "lm_throughput.py", "--data", ptb, "--seconds", 0.4, "--rounds", 1,
@@ -80,11 +83,16 @@ def test_lm_throughput(ptb, extra):
     )
     assert r["mixed_precision"] is ("--mixed-precision" in extra)
     assert r["rnn_lm_clip"] == ("per-tensor" if "per-tensor" in extra else "global")
+    glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    assert r["keep_freed_memory"] is ("--keep-freed-memory" in extra and glibc)
+    faults = r["minor_page_faults_per_step_per_round"]
+    assert len(faults["torch"]) == len(faults["spacy_rnn"]) == 1
     assert r["spacy_rnn_error"] is None
     for key in ("spacy_rnn_train_tokens_per_s", "torch_train_tokens_per_s", "train_ratio",
                 "spacy_rnn_eval_tokens_per_s", "torch_eval_tokens_per_s", "eval_ratio"):
         assert key in r
     assert r["torch_train_tokens_per_s"] > 0
+    assert len(r["train_ratio_per_round"]) == 1 and r["train_ratio_median_of_rounds"] > 0
     if r["spacy_rnn_error"] is None:
         assert r["train_ratio"] > 0 and r["eval_ratio"] > 0
 
@@ -146,3 +154,15 @@ def test_profile_lm_torch_profiler(ptb):
         assert side["ms_per_step"] > 0 and side["aten_ops_per_step"] > 0
         assert side["top_self_cpu"] and "top_self_device" not in side  # CPU run
     assert r["step_ratio"] > 0
+
+
+def test_profile_lm_host_overhead(ptb):
+    r = run_script(
+        "profile_lm.py", "--data", ptb, "--host-overhead", "--steps", 3, "--rounds", 1,
+        "--vocab-size", 60, "--width", 16, "--max-train-tokens", 0,
+    )
+    assert r["benchmark"] == "profile_lm_host_overhead"
+    ms = r["ms_per_step"]
+    assert set(ms) == {"nlp_update", "component_update", "spacy_copy_examples", "plain_torch_step"}
+    assert all(v > 0 for v in ms.values())
+    assert r["step_ratio"] > 0 and r["step_ratio_without_language_update"] > 0

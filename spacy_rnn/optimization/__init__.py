@@ -1,5 +1,6 @@
 """The RNN optimisation toolkit: training-time techniques as config settings."""
 from .global_norm import clip_global_norm, clip_global_norm_async, make_clip_global_norm_callback
+from .heap import keep_freed_memory, make_keep_freed_memory_callback
 from .ntasgd import NTASGD, make_ntasgd, ntasgd_monitor
 from .plateau import plateau_monitor, plateau_schedule
 
@@ -7,6 +8,8 @@ __all__ = [
     "clip_global_norm",
     "clip_global_norm_async",
     "make_clip_global_norm_callback",
+    "keep_freed_memory",
+    "make_keep_freed_memory_callback",
     "NTASGD",
     "make_ntasgd",
     "ntasgd_monitor",
