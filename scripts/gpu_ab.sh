@@ -8,7 +8,12 @@
 # Steps (each time-boxed; STEPS picks a subset): lm (lm_throughput, base
 # then new), ops (profile_lm --torch-profiler, new), mixed (lm_throughput
 # float16, new), big (lm_throughput at width 650, new), tests (pytest -m
-# gpu, new), textcat (textcat_bench, new).
+# gpu, new), textcat (textcat_bench, new), host (profile_lm --host-overhead,
+# base then new: nlp.update vs the component vs the plain loop), clip
+# (lm_throughput with Thinc's per-tensor clipping, new). lm_throughput clips
+# rnn_lm by the global norm by default; a baseline older than 432d319 does
+# that with a host read per tensor, so LM_ARGS="--rnn-lm-clip per-tensor"
+# compares the two trees on the old protocol.
 set -uo pipefail
 source "$(dirname "$0")/gpu_setup.sh"
 pip_install /tmp/site .whl/*.whl || exit 1
@@ -16,7 +21,7 @@ pip_install /tmp/site .whl/*.whl || exit 1
 NEW=/tmp/site
 BASE=/tmp/site_base:/tmp/site
 S=${SECONDS_EACH:-30}
-STEPS=${STEPS:-lm ops big tests textcat}
+STEPS=${STEPS:-lm host ops big tests textcat}
 log() { echo "$(date -u +%H:%M:%S) $*" >> "$OUT/steps.log"; }
 for step in $STEPS; do
   log "start $step"
@@ -28,6 +33,16 @@ for step in $STEPS; do
         PYTHONPATH=$path timeout 120 python3 benchmarks/lm_throughput.py --data shared/ptb \
           --seconds "$S" --gpu-id 0 ${LM_ARGS:-} > "$OUT/lm_$side.json" 2>> "$OUT/stderr.log"
       done ;;
+    host)
+      for side in base new; do
+        [ $side = base ] && [ ! -d /tmp/site_base ] && continue
+        path=$NEW; [ $side = base ] && path=$BASE
+        PYTHONPATH=$path timeout 120 python3 benchmarks/profile_lm.py --data shared/ptb \
+          --host-overhead --steps 50 --rounds 5 --gpu-id 0 > "$OUT/lm_host_$side.json" 2>> "$OUT/stderr.log"
+      done ;;
+    clip)
+      PYTHONPATH=$NEW timeout 120 python3 benchmarks/lm_throughput.py --data shared/ptb \
+        --seconds "$S" --gpu-id 0 --rnn-lm-clip per-tensor > "$OUT/lm_per_tensor.json" 2>> "$OUT/stderr.log" ;;
     ops)
       PYTHONPATH=$NEW timeout 90 python3 benchmarks/profile_lm.py --data shared/ptb \
         --torch-profiler --steps 50 --top 25 --gpu-id 0 > "$OUT/lm_ops.json" 2>> "$OUT/stderr.log" ;;

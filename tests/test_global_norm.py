@@ -108,3 +108,22 @@ def test_config_setting_trains(fixture_corpus, tmp_path):
         capture_output=True, text=True,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+
+
+def test_cached_views_follow_the_arrays_thinc_holds():
+    # The callback keeps torch views of Thinc's gradient arrays between steps;
+    # a replaced array must be seen, a stale view must not be scaled.
+    model = _nlp_with_grads().get_pipe("rnn_textcat").model
+    views = {}
+    norm = _norm(_grads(model))
+    clip_global_norm_async(model, norm / 2, views)
+    assert _norm(_grads(model)) == pytest.approx(norm / 2, rel=1e-3)
+    node, name = next((n, p) for n in model.walk() for p in n.param_names if n.has_grad(p))
+    old = node.get_grad(name)
+    node.set_grad(name, old.copy())
+    assert node.get_grad(name) is not old
+    before = [g.copy() for g in _grads(model)]
+    clip_global_norm_async(model, _norm(before) / 4, views)
+    for b, a in zip(before, _grads(model)):
+        assert numpy.allclose(a, b / 4, rtol=1e-3, atol=1e-8)
+    assert id(old) not in views or views[id(old)][0] is not old

@@ -32,7 +32,9 @@ def clip_global_norm(model: Model, max_norm: float) -> float:
     return float(norm) if norm is not None else 0.0
 
 
-def clip_global_norm_async(model: Model, max_norm: float) -> Optional[HostScalar]:
+def clip_global_norm_async(
+    model: Model, max_norm: float, views: Optional[Dict[int, Tuple[object, torch.Tensor]]] = None
+) -> Optional[HostScalar]:
     """``clip_global_norm`` without waiting for the device: the rescaling is
     queued as a few multi-tensor operations with the factor kept on the
     device, and the norm comes back as a ``HostScalar`` that is read (and
@@ -40,6 +42,8 @@ def clip_global_norm_async(model: Model, max_norm: float) -> Optional[HostScalar
 
     model (Model): The model whose gradients to clip.
     max_norm (float): The largest allowed global norm.
+    views (Optional[Dict]): Torch views of Thinc's gradient arrays, kept by
+        the caller from step to step (Thinc keeps the same arrays).
     RETURNS (Optional[HostScalar]): The global norm before clipping; None if
         the model has no gradients.
     """
@@ -48,7 +52,7 @@ def clip_global_norm_async(model: Model, max_norm: float) -> Optional[HostScalar
     # version read every array's squared sum into Python, a device-to-host
     # wait per array and step.
     groups: Dict[Tuple[torch.device, torch.dtype], List[torch.Tensor]] = defaultdict(list)
-    for grad in _gradients(model):
+    for grad in _gradients(model, {} if views is None else views):
         groups[(grad.device, grad.dtype)].append(grad)
     if not groups:
         return None
@@ -67,17 +71,25 @@ def clip_global_norm_async(model: Model, max_norm: float) -> Optional[HostScalar
     return HostScalar(total)
 
 
-def _gradients(model: Model) -> List[torch.Tensor]:
+def _gradients(model: Model, views: Dict[int, Tuple[object, torch.Tensor]]) -> List[torch.Tensor]:
     # Torch views of every gradient: Thinc's arrays through DLPack or numpy
     # (shared memory, so scaling the view scales the array) and the torch
     # parameters' own, unscaled first under mixed precision.
     grads: List[torch.Tensor] = []
+    live = set()
     for node in model.walk():
         for name in node.param_names:
             if node.has_grad(name):
                 grad = node.get_grad(name)
-                if grad.size:
-                    grads.append(xp2torch(grad))
+                if not grad.size:
+                    continue
+                # A DLPack conversion costs host time on a GPU; the views are
+                # reused while Thinc keeps the same arrays.
+                cached = views.get(id(grad))
+                if cached is None or cached[0] is not grad:
+                    cached = views[id(grad)] = (grad, xp2torch(grad))
+                live.add(id(grad))
+                grads.append(cached[1])
         for shim in node.shims:
             if isinstance(shim, PyTorchShim):
                 if hasattr(shim, "unscale_gradients"):
@@ -88,6 +100,8 @@ def _gradients(model: Model) -> List[torch.Tensor]:
                     for p in shim._model.parameters()
                     if p.grad is not None and p.grad.numel()
                 )
+    for key in [k for k in views if k not in live]:
+        del views[key]  # arrays Thinc replaced (a resized output layer)
     return grads
 
 
@@ -130,6 +144,7 @@ def _wrap_finish_update(proc, max_norm: float) -> None:
         return
     original = proc.finish_update
     pending: List[HostScalar] = []
+    views: Dict[int, Tuple[object, torch.Tensor]] = {}
 
     def finish_update(sgd):
         # ``cfg["last_grad_norm"]`` is a plain float (the config is saved as
@@ -137,7 +152,7 @@ def _wrap_finish_update(proc, max_norm: float) -> None:
         # step instead of waited for here, which would drain the device.
         if pending:
             proc.cfg["last_grad_norm"] = float(pending.pop())
-        norm = clip_global_norm_async(proc.model, max_norm)
+        norm = clip_global_norm_async(proc.model, max_norm, views)
         result = original(sgd)
         if norm is not None:
             if norm.ready():
