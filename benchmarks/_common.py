@@ -44,11 +44,11 @@ def setup_threads(threads: int, keep_freed_memory: bool = False) -> int:
         os.environ[var] = str(n)
     if keep_freed_memory:
         from spacy_rnn.optimization.heap import keep_freed_memory as keep
+        from spacy_rnn.optimization.heap import malloc_environment
 
         _HEAP["keep_freed_memory"] = keep()
-        # glibc reads these when a process starts: children get the same heap.
-        os.environ["MALLOC_MMAP_THRESHOLD_"] = str(32 * 1024 * 1024)
-        os.environ["MALLOC_TRIM_THRESHOLD_"] = str(2**31 - 1)
+        # Child processes (textcat_bench's) get the same heap from the start.
+        os.environ.update(malloc_environment())
     import torch
 
     torch.set_num_threads(n)

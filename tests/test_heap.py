@@ -90,3 +90,17 @@ def test_callback_chains_and_returns_the_pipeline():
     callback = make_keep_freed_memory_callback(then=lambda n: seen.append(n) or n)
     assert callback(nlp) is nlp
     assert seen == [nlp]
+
+
+@pytest.mark.skipif(not GLIBC, reason="glibc's malloc only")
+def test_environment_gives_a_child_the_same_heap():
+    import os
+
+    from spacy_rnn.optimization.heap import malloc_environment
+
+    env = {**os.environ, **malloc_environment()}
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT, "default"], capture_output=True, text=True, check=True, env=env
+    )
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["released_mb"] < 5 and result["faults_per_step"] < 50

@@ -8,8 +8,8 @@ and the kernel faults its pages in one by one, zeroing each. A language
 model's softmax buffers (700 tokens x 10k words x 4 bytes = 28 MB each, a
 few per step) made 4,000-18,000 page faults per training step in
 ``benchmarks/lm_throughput.py``, and how many depended on the state of the
-heap, so the same process ran 20-30 % slower in some runs than in others
-(2-core dev VM, 2026-11-23).
+heap, so the same benchmark ran up to a quarter slower in some runs than in
+others (2-core dev VM, 2026-11-23).
 
 ``keep_freed_memory`` raises glibc's two thresholds with ``mallopt``: blocks
 up to ``mmap_threshold_mb`` come from the heap, and the heap is not trimmed
@@ -24,7 +24,7 @@ performance guide suggests.
 import ctypes
 import ctypes.util
 import sys
-from typing import Callable, Optional
+from typing import Callable, Dict, Optional
 
 from spacy.language import Language
 from spacy.util import registry
@@ -46,22 +46,32 @@ def keep_freed_memory(mmap_threshold_mb: int = 32, trim_threshold_mb: int = 2047
         it is returned to the OS (at most 2047).
     RETURNS (bool): Whether both settings were applied.
     """
-    if not 0 < mmap_threshold_mb <= MAX_MMAP_THRESHOLD_MB:
-        raise ValueError(
-            f"mmap_threshold_mb must be in (0, {MAX_MMAP_THRESHOLD_MB}] "
-            f"(glibc's limit), got {mmap_threshold_mb}"
-        )
-    if not 0 < trim_threshold_mb < 2048:
-        raise ValueError(f"trim_threshold_mb must be in (0, 2048), got {trim_threshold_mb}")
+    _check_thresholds(mmap_threshold_mb, trim_threshold_mb)
     mallopt = _glibc_mallopt()
     if mallopt is None:
         return False
-    mib = 1024 * 1024
-    # The trim threshold is an int in bytes: 2047 MiB is the largest that fits.
+    # In bytes, as ints: 2047 MiB is the largest trim threshold that fits.
+    env = malloc_environment(mmap_threshold_mb, trim_threshold_mb)
     return (
-        mallopt(M_MMAP_THRESHOLD, mmap_threshold_mb * mib) == 1
-        and mallopt(M_TRIM_THRESHOLD, min(trim_threshold_mb * mib, 2**31 - 1)) == 1
+        mallopt(M_MMAP_THRESHOLD, int(env["MALLOC_MMAP_THRESHOLD_"])) == 1
+        and mallopt(M_TRIM_THRESHOLD, int(env["MALLOC_TRIM_THRESHOLD_"])) == 1
     )
+
+
+def malloc_environment(mmap_threshold_mb: int = 32, trim_threshold_mb: int = 2047) -> Dict[str, str]:
+    """The environment variables that give a new process the settings of
+    ``keep_freed_memory`` from its start (glibc reads them at start-up).
+
+    mmap_threshold_mb (int): As in ``keep_freed_memory``.
+    trim_threshold_mb (int): As in ``keep_freed_memory``.
+    RETURNS (Dict[str, str]): Variable names and values.
+    """
+    _check_thresholds(mmap_threshold_mb, trim_threshold_mb)
+    mib = 1024 * 1024
+    return {
+        "MALLOC_MMAP_THRESHOLD_": str(mmap_threshold_mb * mib),
+        "MALLOC_TRIM_THRESHOLD_": str(min(trim_threshold_mb * mib, 2**31 - 1)),
+    }
 
 
 @registry.callbacks("spacy_rnn.keep_freed_memory.v1")
@@ -80,15 +90,24 @@ def make_keep_freed_memory_callback(
         afterwards, since spaCy takes only one per slot.
     RETURNS (Callable[[Language], Language]): The callback.
     """
-    # Checked when the config is resolved, not at the first step.
-    if not 0 < mmap_threshold_mb <= MAX_MMAP_THRESHOLD_MB or not 0 < trim_threshold_mb < 2048:
-        keep_freed_memory(mmap_threshold_mb, trim_threshold_mb)  # raises the clear error
+    # Checked when the config is resolved, before any training.
+    _check_thresholds(mmap_threshold_mb, trim_threshold_mb)
 
     def callback(nlp: Language) -> Language:
         keep_freed_memory(mmap_threshold_mb, trim_threshold_mb)
         return then(nlp) if then is not None else nlp
 
     return callback
+
+
+def _check_thresholds(mmap_threshold_mb: int, trim_threshold_mb: int) -> None:
+    if not 0 < mmap_threshold_mb <= MAX_MMAP_THRESHOLD_MB:
+        raise ValueError(
+            f"mmap_threshold_mb must be in (0, {MAX_MMAP_THRESHOLD_MB}] "
+            f"(glibc's limit), got {mmap_threshold_mb}"
+        )
+    if not 0 < trim_threshold_mb < 2048:
+        raise ValueError(f"trim_threshold_mb must be in (0, 2048), got {trim_threshold_mb}")
 
 
 def _glibc_mallopt():
