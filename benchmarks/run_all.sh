@@ -11,9 +11,12 @@ mkdir -p "$OUT"
 $PY benchmarks/encoder_speed.py --threads "$THREADS" --seconds 30 > "$OUT/encoder_speed.json"
 $PY benchmarks/textcat_bench.py --threads "$THREADS" --seconds 120 > "$OUT/textcat_bench.json"
 $PY benchmarks/lm_throughput.py --threads "$THREADS" --data ../shared/data/ptb --seconds 60 > "$OUT/lm_throughput.json"
+# The same with freed memory kept for reuse: no page-fault noise (README, Performance).
+$PY benchmarks/lm_throughput.py --threads "$THREADS" --data ../shared/data/ptb --seconds 60 --keep-freed-memory > "$OUT/lm_throughput_kept_heap.json"
 $PY benchmarks/quantize_bench.py --threads "$THREADS" --seconds 120 > "$OUT/quantize_bench.json"
 $PY benchmarks/profile_textcat.py --threads "$THREADS" --steps 30 --out-dir "$OUT/profiles" > "$OUT/profile_textcat.json"
 $PY benchmarks/profile_lm.py --threads "$THREADS" --data ../shared/data/ptb --seconds 30 > "$OUT/profile_lm.json"
+$PY benchmarks/profile_lm.py --threads "$THREADS" --data ../shared/data/ptb --host-overhead --width 16 --vocab-size 500 > "$OUT/profile_lm_host_overhead.json"
 $PY benchmarks/memory_growth.py --threads "$THREADS" --steps 1000 > "$OUT/memory_growth.json"
 $PY benchmarks/long_doc_memory.py --tokens 1000000 > "$OUT/long_doc_memory.json"
 echo "results in $OUT" >&2
