@@ -238,3 +238,28 @@ def test_host_transfers_keep_their_values_without_draining_the_gpu():
         y.mul_(2.0)
     assert float(reading) == float(1 << 20)
     assert float(y[0]) == 2.0 ** 50
+    # ready() never waits; once the device has caught up it says so.
+    late = HostScalar(y.sum())
+    late.ready()
+    torch.cuda.synchronize()
+    assert late.ready() and float(late) == float(1 << 20) * 2.0 ** 50
+
+
+def test_global_norm_clipping_on_the_gpu_matches_the_host():
+    from thinc.api import PyTorchWrapper_v2, fix_random_seed
+
+    from spacy_rnn.optimization.global_norm import clip_global_norm_async
+
+    # Torch parameters on the GPU: the norm and the scaling are computed
+    # there, and agree with the same arithmetic on the host.
+    fix_random_seed(0)
+    module = torch.nn.LSTM(8, 16).cuda()
+    wrapped = PyTorchWrapper_v2(module)
+    for p in module.parameters():
+        p.grad = torch.randn_like(p)
+    host = [p.grad.cpu().clone() for p in module.parameters()]
+    norm = float(torch.linalg.vector_norm(torch.stack([g.norm() for g in host])))
+    reading = clip_global_norm_async(wrapped, norm / 3)
+    assert float(reading) == pytest.approx(norm, rel=1e-5)
+    for p, g in zip(module.parameters(), host):
+        assert torch.allclose(p.grad.cpu(), g / 3, rtol=1e-4, atol=1e-7)
