@@ -954,8 +954,10 @@ class RNNLanguageModelPipe(TrainablePipe):
         # all of them).
         alpha = float(self.cfg.get("ar_alpha", 0.0))
         beta = float(self.cfg.get("tar_beta", 0.0))
+        if alpha <= 0 and beta <= 0:
+            return 0.0  # the default: no per-window count on the hot path
         n = int(window.sum())
-        if n == 0 or (alpha <= 0 and beta <= 0):
+        if n == 0:
             return 0.0
         share = n / norm
         penalty = 0.0

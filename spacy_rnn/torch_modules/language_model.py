@@ -206,12 +206,7 @@ class RNNLanguageModel(nn.Module):
         """
         n = self.n_words
         if self.softmax == "full":
-            # The product may run in half precision under autocast; the
-            # normalisation is always taken in float32.
-            logits = self.out(H).float()
-            if n < self.vocab_size:
-                logits = logits.masked_fill(self._unused(logits), float("-inf"))
-            return torch.log_softmax(logits, dim=-1)
+            return torch.log_softmax(self._full_logits(H), dim=-1)
         with _full_precision(H):
             lp = self.out.log_prob(H.float())
         if n < self.vocab_size:
@@ -249,10 +244,15 @@ class RNNLanguageModel(nn.Module):
         # One fused cross-entropy, as in ``nn.CrossEntropyLoss``: fewer
         # kernels than per-token scores gathered, negated and summed (each a
         # launch on a GPU); on CPU the two measured the same.
+        return nn.functional.cross_entropy(self._full_logits(H), targets, reduction="sum")
+
+    def _full_logits(self, H: torch.Tensor) -> torch.Tensor:
+        # The product may run in half precision under autocast; the
+        # normalisation is always taken in float32, over real words only.
         logits = self.out(H).float()
         if self.n_words < self.vocab_size:
             logits = logits.masked_fill(self._unused(logits), float("-inf"))
-        return nn.functional.cross_entropy(logits, targets, reduction="sum")
+        return logits
 
     def _unused(self, scores: torch.Tensor) -> torch.Tensor:
         # Kept per (word count, device): rebuilding it cost two kernels per
