@@ -61,6 +61,12 @@ def parse_args(argv=None):
     p.add_argument("--rnn-lm-clip", choices=["global", "per-tensor"], default="global",
                    help="rnn_lm's clipping: the global norm as the plain loop does "
                         "(spacy_rnn.clip_global_norm.v1), or Thinc's per-tensor grad_clip")
+    p.add_argument("--rnn-lm-cuda-graphs", choices=["on", "off"], default="on",
+                   help="rnn_lm's cuda_graphs setting (its default: on; applies on a GPU only)")
+    p.add_argument("--torch-cuda-graphs", action="store_true",
+                   help="also replay the plain loop's forward and backward as CUDA "
+                        "graphs (torch.cuda.make_graphed_callables); off by default, "
+                        "as in pytorch/examples")
     _common.add_common_args(p)
     return p.parse_args(argv)
 
@@ -128,6 +134,9 @@ class TorchSide:
         self.train_data = self.batchify(train_tokens, SIZES["n_streams"])
         self.position = 0
         self.hidden = None
+        self.graphed = None
+        self.use_graphs = (getattr(args, "torch_cuda_graphs", False) and device.type == "cuda"
+                           and not args.mixed_precision)
 
     def batchify(self, tokens, n):
         torch = self.torch
@@ -158,9 +167,12 @@ class TorchSide:
             targets = self.train_data[i + 1 : i + 1 + seq_len].reshape(-1)
             self.hidden = self.repackage(self.hidden)
             self.optimizer.zero_grad()
-            with autocast(self.device, self.args.mixed_precision):
-                output, self.hidden = self.model(data, self.hidden)
-                loss = self.criterion(output.view(-1, V).float(), targets)
+            if self.use_graphs and seq_len == bptt:
+                loss, self.hidden = self.graphed_step(data, targets)
+            else:
+                with autocast(self.device, self.args.mixed_precision):
+                    output, self.hidden = self.model(data, self.hidden)
+                    loss = self.criterion(output.view(-1, V).float(), targets)
             self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), SIZES["clip"])
@@ -172,6 +184,31 @@ class TorchSide:
                 break
         self.last_loss = float(loss.detach())
         return tokens, _common.timer(self.device) - start
+
+    def graphed_step(self, data, targets):
+        # Forward and backward replayed as CUDA graphs; a missing state is
+        # zeros, which is what nn.LSTM assumes for None.
+        torch, nn = self.torch, self.torch.nn
+        if self.hidden is None:
+            shape = (SIZES["depth"], data.shape[1], self.args.width)
+            self.hidden = (torch.zeros(shape, device=self.device),
+                           torch.zeros(shape, device=self.device))
+        if self.graphed is None:
+            model, criterion, V = self.model, self.criterion, self.args.vocab_size
+
+            class Step(nn.Module):
+                def __init__(self):
+                    super().__init__()
+                    self.model = model
+
+                def forward(self, x, y, h, c):
+                    output, (h, c) = self.model(x, (h, c))
+                    return criterion(output.view(-1, V), y), h.detach(), c.detach()
+
+            sample = (data.clone(), targets.clone(), *[t.clone() for t in self.hidden])
+            self.graphed = torch.cuda.make_graphed_callables(Step(), sample)
+        loss, h, c = self.graphed(data, targets, *self.hidden)
+        return loss, (h, c)
 
     def evaluate(self, tokens):
         torch = self.torch
@@ -212,6 +249,7 @@ class SpacyRNNSide:
             "bidirectional": False, "dropout": SIZES["dropout"], "tied": False,
             "softmax": "full", "bptt": SIZES["bptt"],
             "mixed_precision": bool(args.mixed_precision),
+            "cuda_graphs": getattr(args, "rnn_lm_cuda_graphs", "on") == "on",
         })
         self.corpus = TokenStreamCorpus(
             train_path, n_streams=SIZES["n_streams"], doc_length=SIZES["bptt"],
@@ -324,6 +362,8 @@ def main(argv=None):
         **_common.machine_info(threads, device),
         "mixed_precision": bool(args.mixed_precision),
         "rnn_lm_clip": args.rnn_lm_clip,
+        "rnn_lm_cuda_graphs": args.rnn_lm_cuda_graphs,
+        "torch_cuda_graphs": bool(args.torch_cuda_graphs),
         "sizes": {**SIZES, "vocab_size": args.vocab_size, "embed_width": args.width,
                   "hidden_width": args.width},
         "rnn_lm_steps_per_timing": STEPS_PER_TIMING,

@@ -66,6 +66,8 @@ def parse_args(argv=None):
                    help="profile rnn_lm with mixed_precision = true")
     p.add_argument("--rnn-lm-clip", choices=["global", "per-tensor"], default="global",
                    help="rnn_lm's clipping, as in lm_throughput.py")
+    p.add_argument("--rnn-lm-cuda-graphs", choices=["on", "off"], default="on",
+                   help="rnn_lm's cuda_graphs setting, as in lm_throughput.py")
     p.add_argument("--torch-profiler", action="store_true",
                    help="compare both sides' torch operators instead of cProfile")
     p.add_argument("--host-overhead", action="store_true",
@@ -125,6 +127,7 @@ def main(argv=None):
         "benchmark": "profile_lm",
         "mixed_precision": bool(args.mixed_precision),
         "rnn_lm_clip": args.rnn_lm_clip,
+        "rnn_lm_cuda_graphs": args.rnn_lm_cuda_graphs,
         **_common.machine_info(threads, device),
         "steps": round(steps, 1),
         "ms_per_step": seconds * 1000 / steps,
@@ -177,6 +180,7 @@ def host_overhead(args, spacy_side, device):
     ms = {name: round(statistics.median(v), 3) for name, v in times.items()}
     return {
         "rnn_lm_clip": args.rnn_lm_clip,
+        "rnn_lm_cuda_graphs": args.rnn_lm_cuda_graphs,
         "steps_per_round": args.steps,
         "rounds": max(1, args.rounds),
         "sizes": {**lm_throughput.SIZES, "vocab_size": args.vocab_size,
@@ -255,6 +259,7 @@ def compare_operators(args, spacy_side, device):
     return {
         "mixed_precision": bool(args.mixed_precision),
         "rnn_lm_clip": args.rnn_lm_clip,
+        "rnn_lm_cuda_graphs": args.rnn_lm_cuda_graphs,
         "steps": args.steps,
         "sizes": {**lm_throughput.SIZES, "vocab_size": args.vocab_size,
                   "embed_width": args.width, "hidden_width": args.width},

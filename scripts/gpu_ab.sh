@@ -10,7 +10,9 @@
 # float16, new), big (lm_throughput at width 650, new), tests (pytest -m
 # gpu, new), textcat (textcat_bench, new), host (profile_lm --host-overhead,
 # base then new: nlp.update vs the component vs the plain loop), clip
-# (lm_throughput with Thinc's per-tensor clipping, new). lm_throughput clips
+# (lm_throughput with Thinc's per-tensor clipping, new), nograph
+# (lm_throughput with rnn_lm's cuda_graphs off, new), torchgraph
+# (lm_throughput with the plain loop replayed as CUDA graphs too, new). lm_throughput clips
 # rnn_lm by the global norm by default; a baseline older than 432d319 does
 # that with a host read per tensor, so LM_ARGS="--rnn-lm-clip per-tensor"
 # compares the two trees on the old protocol.
@@ -40,6 +42,12 @@ for step in $STEPS; do
         PYTHONPATH=$path timeout 120 python3 benchmarks/profile_lm.py --data shared/ptb \
           --host-overhead --steps 50 --rounds 5 --gpu-id 0 > "$OUT/lm_host_$side.json" 2>> "$OUT/stderr.log"
       done ;;
+    nograph)
+      PYTHONPATH=$NEW timeout 120 python3 benchmarks/lm_throughput.py --data shared/ptb \
+        --seconds "$S" --gpu-id 0 --rnn-lm-cuda-graphs off > "$OUT/lm_no_graphs.json" 2>> "$OUT/stderr.log" ;;
+    torchgraph)
+      PYTHONPATH=$NEW timeout 120 python3 benchmarks/lm_throughput.py --data shared/ptb \
+        --seconds "$S" --gpu-id 0 --torch-cuda-graphs > "$OUT/lm_torch_graphs.json" 2>> "$OUT/stderr.log" ;;
     clip)
       PYTHONPATH=$NEW timeout 120 python3 benchmarks/lm_throughput.py --data shared/ptb \
         --seconds "$S" --gpu-id 0 --rnn-lm-clip per-tensor > "$OUT/lm_per_tensor.json" 2>> "$OUT/stderr.log" ;;

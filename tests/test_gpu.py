@@ -263,3 +263,70 @@ def test_global_norm_clipping_on_the_gpu_matches_the_host():
     assert float(reading) == pytest.approx(norm, rel=1e-5)
     for p, g in zip(module.parameters(), host):
         assert torch.allclose(p.grad.cpu(), g / 3, rtol=1e-4, atol=1e-7)
+
+
+def _train_lm_with_graphs(cuda_graphs, dropout, epochs, depth=2, cell="lstm"):
+    from thinc.api import Adam, fix_random_seed, require_gpu
+
+    from .test_language_model import make_lm, stream_corpus
+
+    require_gpu(0)
+    fix_random_seed(0)
+    nlp, lm = make_lm(
+        cuda_graphs=cuda_graphs, dropout=dropout, depth=depth, cell=cell, tied=True
+    )
+    nlp.initialize(lambda: stream_corpus()(nlp))
+    optimizer = Adam(0.01)
+    per_batch = []
+    for _ in range(epochs):
+        examples = list(stream_corpus()(nlp))
+        for i in range(0, len(examples), 4):
+            losses = {}
+            nlp.update(examples[i : i + 4], sgd=optimizer, losses=losses)
+            per_batch.append(losses["rnn_lm"])
+    return nlp, lm, optimizer, per_batch
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_lm_cuda_graph_training_matches_eager(cell, recwarn):
+    # Without dropout the replayed windows compute what the eager ones do:
+    # the same losses batch by batch, the same weights at the end.
+    _, eager, _, eager_losses = _train_lm_with_graphs(False, 0.0, 3, cell=cell)
+    _, graphed, _, graph_losses = _train_lm_with_graphs(True, 0.0, 3, cell=cell)
+    assert not graphed._graphs.disabled
+    assert len(graphed._graphs._graphs) >= 1
+    assert not [w for w in recwarn.list if "capturing the language model" in str(w.message)]
+    assert numpy.allclose(eager_losses, graph_losses, rtol=1e-4, atol=1e-6)
+    for a, b in zip(eager.module.parameters(), graphed.module.parameters()):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_lm_cuda_graph_training_learns_with_dropout():
+    from .test_language_model import dev_examples
+
+    nlp, lm, _, per_batch = _train_lm_with_graphs(True, 0.2, 40)
+    assert len(lm._graphs._graphs) >= 1 and not lm._graphs.disabled
+    assert numpy.mean(per_batch[-5:]) < numpy.mean(per_batch[:5]) / 2
+    assert nlp.evaluate(dev_examples(nlp))["lm_ppl"] < 2.5
+
+
+def test_lm_cuda_graph_gradients_accumulate_across_updates():
+    # Two updates before one optimiser step (spaCy's accumulate_gradient):
+    # the graph's gradient storage must not overwrite what the first left.
+    from .test_language_model import stream_corpus
+
+    grads = {}
+    for cuda_graphs in (False, True):
+        nlp, lm, optimizer, _ = _train_lm_with_graphs(cuda_graphs, 0.0, 1)
+        examples = list(stream_corpus()(nlp))
+        # Continue the stream where the epoch's batches are full and equal.
+        lm.update(examples[0:4], sgd=optimizer)
+        lm.update(examples[4:8], sgd=optimizer)
+        lm.update(examples[8:12], sgd=optimizer)
+        lm.update(examples[12:16])
+        lm.update(examples[16:20])
+        grads[cuda_graphs] = [p.grad.clone() for p in lm.module.parameters()]
+        if cuda_graphs:
+            assert len(lm._graphs._graphs) == 1
+    for a, b in zip(grads[False], grads[True]):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)

@@ -24,6 +24,9 @@ Design notes:
   (float16 on CUDA, with Thinc's ``PyTorchGradScaler`` scaling the loss;
   bfloat16 on CPU, where no scaling is needed). Weights and optimiser state
   stay float32, and log-probabilities are always taken in float32.
+* ``cuda_graphs``: on a GPU, stream batches (equal lengths, one window) train
+  through CUDA graphs replayed by ``torch_modules/graphed_windows.py``; a
+  window the graphs cannot express runs eagerly, with the same result.
 """
 import math
 from collections import Counter
@@ -50,6 +53,7 @@ from ..corpus.token_stream import EOS, STREAM_KEY, UNK
 from ..scorers import LM_SCORE_WEIGHTS
 from ..layers.torch_shim import InPlacePyTorchShim
 from ..serialization import deserialize_torch_module, serialize_torch_module
+from ..torch_modules.graphed_windows import GraphedWindows
 from ..torch_modules.language_model import RNNLanguageModel, detach_state
 from ..torch_modules.transfer import HostScalar, to_device
 
@@ -79,6 +83,7 @@ init_vectors = false
 mixed_precision = false
 grad_scaler = null
 int8 = false
+cuda_graphs = true
 
 [lm.scorer]
 @scorers = "spacy_rnn.lm_scorer.v1"
@@ -98,7 +103,7 @@ MODULE_SETTINGS = (
 )
 # Regularisers: they change training, not the module's shape.
 # Decided by the config when the component is built, never by stored cfg.
-CONSTRUCTOR_SETTINGS = ("int8", "mixed_precision")
+CONSTRUCTOR_SETTINGS = ("int8", "mixed_precision", "cuda_graphs")
 
 
 def register_extensions() -> None:
@@ -165,6 +170,7 @@ def make_rnn_lm(
     mixed_precision: bool = False,
     grad_scaler: Optional[PyTorchGradScaler] = None,
     int8: bool = False,
+    cuda_graphs: bool = True,
 ) -> "RNNLanguageModelPipe":
     """Create a recurrent word language model component.
 
@@ -204,6 +210,10 @@ def make_rnn_lm(
         with mixed precision (default: Thinc's, with its default settings).
     int8 (bool): Inference only, on CPU: dynamically quantised int8 recurrent
         cells and output layer (set by ``python -m spacy_rnn quantize``).
+    cuda_graphs (bool): On a GPU, replay each training window of a stream
+        batch as a CUDA graph (one launch instead of hundreds) where it
+        applies: full softmax, float32, no weight drop, AR or TAR, one window
+        per batch. Elsewhere, and if capturing fails, windows run eagerly.
     RETURNS (RNNLanguageModelPipe): The component.
     """
     cfg = dict(
@@ -214,6 +224,7 @@ def make_rnn_lm(
         bptt=bptt, weight_drop=weight_drop, locked_dropout=locked_dropout,
         embed_dropout=embed_dropout, ar_alpha=ar_alpha, tar_beta=tar_beta,
         init_vectors=init_vectors, mixed_precision=mixed_precision, int8=int8,
+        cuda_graphs=cuda_graphs,
     )
     model = build_lm_model(cfg, grad_scaler=grad_scaler)
     return RNNLanguageModelPipe(nlp.vocab, model, name, cfg=cfg, scorer=scorer)
@@ -311,6 +322,7 @@ class RNNLanguageModelPipe(TrainablePipe):
         self.words: List[str] = [UNK, EOS]
         self._ids: Dict[str, int] = {}
         self._stream_state: Optional[Dict[str, Any]] = None
+        self._graphs = GraphedWindows()
         self._index_words()
 
     # -- properties --------------------------------------------------------
@@ -820,6 +832,7 @@ class RNNLanguageModelPipe(TrainablePipe):
         except AttributeError:
             raise ValueError(Errors.E149) from None
         self._stream_state = None
+        self._graphs.clear()
 
     # -- internals -----------------------------------------------------------
 
@@ -893,9 +906,22 @@ class RNNLanguageModelPipe(TrainablePipe):
         kept = []
         readings: List[HostScalar] = []
         shim = self.model.shims[0]
+        graphs = self._graphs if (
+            train and not keep_scores and T <= bptt and device.type == "cuda"
+            and bool(mask.all()) and self._graphs_apply()
+        ) else None
         for start in range(0, T, bptt):
             end = min(T, start + bptt)
             window = mask[:, start:end]
+            if graphs is not None:
+                replayed = graphs.step(
+                    module, direction, inputs_t, targets_t, state, norm
+                )
+                if replayed is not None:
+                    loss, state = replayed
+                    readings.append(HostScalar(loss))
+                    shim.backward(loss)
+                    continue
             rows = None if window.all() else to_device(numpy.flatnonzero(window), device)
             with self._autocast():
                 H, state, raw = module.run(
@@ -942,6 +968,20 @@ class RNNLanguageModelPipe(TrainablePipe):
             row = lp_all[b, : lengths[b]]
             out.append(row[::-1].copy() if direction == "bwd" else row.copy())
         return out, state, readings
+
+    def _graphs_apply(self) -> bool:
+        # What a captured window cannot do: autocast and loss scaling, the
+        # adaptive softmax's data-dependent cluster selection, weight drop's
+        # per-call weight swap, and AR / TAR's host-side token counts.
+        cfg = self.cfg
+        return (
+            bool(cfg.get("cuda_graphs", True))
+            and not self.model.shims[0].wants_mixed_precision
+            and cfg["softmax"] == "full"
+            and float(cfg.get("weight_drop", 0.0)) <= 0
+            and float(cfg.get("ar_alpha", 0.0)) <= 0
+            and float(cfg.get("tar_beta", 0.0)) <= 0
+        )
 
     def _autocast(self):
         # The shim decides (float16 on CUDA, bfloat16 on CPU, or none).

@@ -1,0 +1,169 @@
+"""Language-model training windows replayed as CUDA graphs.
+
+A word-level LSTM LM at the sizes people train on PTB (2x200, 20 streams x
+35 tokens) gives the GPU about 4 ms of work per step, while launching that
+work one kernel at a time (about 500 launches, two cuDNN calls per layer)
+costs the host more than that: on an H100 both ``rnn_lm`` and a plain
+PyTorch loop were bound by host time, the GPU busy for under half of each
+step. A CUDA graph records a window's forward and backward kernels once and
+replays each with one launch, so the host only prepares the batch and steps
+the optimiser.
+
+``torch.cuda.make_graphed_callables`` does the capture (a forward graph and a
+backward graph sharing one memory pool, wrapped in an autograd function), so
+the loss still goes through ``backward`` and the gradients still land in
+``.grad``. What it needs, and what this module checks, is that every replay
+sees the same shapes and the same parameter storage; anything else runs
+eagerly. Plain PyTorch: nothing here imports spaCy.
+"""
+import warnings
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from torch import nn
+
+# Graphs kept per model; each holds a private memory pool of one window's
+# activations, so a stream of ever-new shapes must not capture forever.
+MAX_GRAPHS = 4
+
+
+class GraphedWindows:
+    """Replays full-softmax training windows of an ``RNNLanguageModel``.
+
+    A shape is captured the second time it is seen, so a one-off batch (the
+    short last batch of an epoch) never pays for a capture. If capturing
+    fails, a warning says why and every later window runs eagerly.
+    """
+
+    def __init__(self):
+        self._graphs: Dict[Tuple, object] = {}
+        self._seen: Dict[Tuple, int] = {}
+        self._params_key: Optional[Tuple[int, ...]] = None
+        self.disabled = False
+
+    def clear(self) -> None:
+        """Drop every graph (the module's parameters were replaced)."""
+        self._graphs.clear()
+        self._seen.clear()
+        self._params_key = None
+
+    def step(
+        self,
+        lm: nn.Module,
+        direction: str,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        state,
+        norm: float,
+    ):
+        """Run one training window through a graph, if one applies.
+
+        lm (nn.Module): The ``RNNLanguageModel``, in training mode.
+        direction (str): "fwd" or "bwd".
+        inputs (torch.Tensor): (batch, time) int64 input ids on the GPU.
+        targets (torch.Tensor): (batch, time) int64 target ids.
+        state: The carried recurrent state (None: run eagerly).
+        norm (float): The loss divisor.
+        RETURNS (Optional[Tuple[torch.Tensor, list]]): The loss (backpropagate
+            it as usual) and the new, detached state; None when this window
+            must run eagerly.
+        """
+        if self.disabled or state is None or inputs.device.type != "cuda":
+            return None
+        params = list(lm.parameters())
+        # A graph writes its gradients into storage of its own; they can only
+        # stand in for .grad when nothing is waiting there to be added to
+        # (a second window or a second batch before the optimiser step).
+        if any(p.grad is not None for p in params):
+            return None
+        params_key = tuple(p.data_ptr() for p in params)
+        if params_key != self._params_key:
+            self.clear()
+            self._params_key = params_key
+        flat, layout = _flatten(state)
+        key = (direction, tuple(inputs.shape), float(norm), layout,
+               tuple((t.shape, t.dtype) for t in flat))
+        graphed = self._graphs.get(key)
+        if graphed is None:
+            self._seen[key] = self._seen.get(key, 0) + 1
+            if self._seen[key] < 2 or len(self._graphs) >= MAX_GRAPHS:
+                return None
+            graphed = self._capture(lm, direction, norm, layout, inputs, targets, flat)
+            if graphed is None:
+                return None
+            self._graphs[key] = graphed
+        outputs = graphed(inputs, targets, *flat)
+        return outputs[0], _unflatten(outputs[1:], layout)
+
+    def _capture(self, lm, direction, norm, layout, inputs, targets, flat):
+        window = _Window(lm, direction, norm, layout)
+        sample = (inputs.clone(), targets.clone(), *[t.clone() for t in flat])
+        # The capture's own autograd nodes stay alive inside the graphed
+        # function, recorded on the capture's side stream, so backward passes
+        # on the main stream make torch warn that the parameters' gradient
+        # accumulators sit on another stream. That is how
+        # make_graphed_callables works, not something the caller did; the
+        # cost is one event wait per replay.
+        warnings.filterwarnings(
+            "ignore", message="The AccumulateGrad node's stream does not match",
+            category=UserWarning,
+        )
+        try:
+            graphed = torch.cuda.make_graphed_callables(window, sample)
+        except Exception as err:  # noqa: BLE001 - any failure means: run eagerly
+            self.disabled = True
+            self.clear()
+            warnings.warn(
+                f"spacy-rnn: capturing the language model's training window as "
+                f"a CUDA graph failed ({type(err).__name__}: {err}); training "
+                f"goes on without graphs. Set cuda_graphs = false in the "
+                f"rnn_lm config to skip the attempt.",
+                stacklevel=3,
+            )
+            return None
+        return graphed
+
+
+class _Window(nn.Module):
+    # The captured computation: one window's loss and the state after it.
+    # The LM is a submodule so that make_graphed_callables returns gradients
+    # for its parameters.
+    def __init__(self, lm: nn.Module, direction: str, norm: float, layout: Tuple[int, ...]):
+        super().__init__()
+        self.lm = lm
+        self.direction = direction
+        self.norm = float(norm)
+        self.layout = layout
+
+    def forward(self, inputs: torch.Tensor, targets: torch.Tensor, *flat: torch.Tensor):
+        state = _unflatten(flat, self.layout)
+        H, new_state = self.lm.run(self.direction, inputs, state)
+        nll = self.lm.target_nll_sum(H.reshape(-1, H.shape[-1]), targets.reshape(-1))
+        # The state leaves detached: truncated BPTT never backpropagates
+        # through it, and outputs that need no gradient cost the backward
+        # graph nothing.
+        new_flat, _ = _flatten(new_state)
+        return (nll / self.norm, *[t.detach() for t in new_flat])
+
+
+def _flatten(state) -> Tuple[List[torch.Tensor], Tuple[int, ...]]:
+    # Per-layer state: a tensor (GRU, RNN) or an (h, c) tuple (LSTM).
+    flat: List[torch.Tensor] = []
+    layout = []
+    for layer in state:
+        if isinstance(layer, torch.Tensor):
+            flat.append(layer)
+            layout.append(1)
+        else:
+            flat.extend(layer)
+            layout.append(len(layer))
+    return flat, tuple(layout)
+
+
+def _unflatten(flat, layout: Tuple[int, ...]) -> list:
+    state = []
+    i = 0
+    for n in layout:
+        state.append(flat[i] if n == 1 else tuple(flat[i : i + n]))
+        i += n
+    return state

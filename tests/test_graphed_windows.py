@@ -1,0 +1,63 @@
+"""CUDA-graph training windows of ``rnn_lm``: what decides that a window may
+be replayed, checked here on CPU; the replays themselves are tested in
+``test_gpu.py`` (losses and weights equal to eager training)."""
+import pytest
+import torch
+
+from spacy_rnn.torch_modules.graphed_windows import GraphedWindows, _flatten, _unflatten
+from spacy_rnn.torch_modules.rnn_stack import RNNStack
+
+from .test_language_model import make_lm
+
+
+@pytest.mark.parametrize("cell,per_layer", [("lstm", 2), ("gru", 1)])
+def test_state_flattens_and_comes_back(cell, per_layer):
+    stack = RNNStack(4, 6, depth=2, cell=cell, bidirectional=False)
+    _, state = stack.forward_stream(torch.randn(3, 5, 4))
+    flat, layout = _flatten(state)
+    assert layout == (per_layer, per_layer)
+    assert all(isinstance(t, torch.Tensor) for t in flat)
+    back = _unflatten(flat, layout)
+    assert type(back[0]) is type(state[0])
+    for a, b in zip(_flatten(back)[0], flat):
+        assert a is b
+
+
+def test_windows_on_cpu_run_eagerly():
+    _, lm = make_lm()
+    module = lm.module
+    state = [(torch.zeros(1, 2, 24), torch.zeros(1, 2, 24))]
+    ids = torch.zeros((2, 8), dtype=torch.int64)
+    graphs = GraphedWindows()
+    for _ in range(3):
+        assert graphs.step(module, "fwd", ids, ids, state, 16.0) is None
+    assert not graphs._graphs and not graphs.disabled
+
+
+@pytest.mark.parametrize(
+    "overrides,applies",
+    [
+        ({}, True),
+        ({"cuda_graphs": False}, False),
+        ({"softmax": "adaptive", "cutoffs": [10], "tied": False}, False),
+        ({"weight_drop": 0.3}, False),
+        ({"ar_alpha": 2.0}, False),
+        ({"tar_beta": 1.0}, False),
+        ({"mixed_precision": True}, False),
+        ({"locked_dropout": True, "embed_dropout": 0.1, "dropout": 0.3}, True),
+    ],
+)
+def test_which_settings_allow_graphs(overrides, applies, recwarn):
+    _, lm = make_lm(**overrides)
+    assert lm._graphs_apply() is applies
+
+
+def test_cuda_graphs_is_the_configs_call_not_the_stored_cfg(tmp_path):
+    nlp, lm = make_lm()
+    assert lm.cfg["cuda_graphs"] is True
+    nlp.initialize()
+    nlp.to_disk(tmp_path / "lm")
+    import spacy
+
+    loaded = spacy.load(tmp_path / "lm", config={"components": {"rnn_lm": {"cuda_graphs": False}}})
+    assert loaded.get_pipe("rnn_lm").cfg["cuda_graphs"] is False
