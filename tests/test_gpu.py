@@ -330,3 +330,20 @@ def test_lm_cuda_graph_gradients_accumulate_across_updates():
             assert len(lm._graphs._graphs) == 1
     for a, b in zip(grads[False], grads[True]):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_lm_cuda_graph_evaluation_matches_eager():
+    from .test_language_model import STREAM
+
+    _, lm, _, _ = _train_lm_with_graphs(False, 0.2, 2)
+    tokens = STREAM.read_text(encoding="utf8").split()
+    lm.cfg["cuda_graphs"] = False
+    eager = lm.evaluate_stream(tokens, batch_size=2)
+    lm.cfg["cuda_graphs"] = True
+    first = lm.evaluate_stream(tokens, batch_size=2)
+    again = lm.evaluate_stream(tokens, batch_size=2)
+    assert any(key[0] == "eval" for key in lm._graphs._graphs)
+    assert not lm._graphs.disabled
+    for scores in (first, again):
+        assert scores["tokens"] == eager["tokens"]
+        assert scores["nll"] == pytest.approx(eager["nll"], rel=1e-5)

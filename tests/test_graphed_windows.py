@@ -31,25 +31,30 @@ def test_windows_on_cpu_run_eagerly():
     graphs = GraphedWindows()
     for _ in range(3):
         assert graphs.step(module, "fwd", ids, ids, state, 16.0) is None
+    module.eval()
+    with torch.no_grad():
+        for _ in range(3):
+            assert graphs.score(module, "fwd", ids, ids, state) is None
     assert not graphs._graphs and not graphs.disabled
 
 
 @pytest.mark.parametrize(
-    "overrides,applies",
+    "overrides,in_training,in_evaluation",
     [
-        ({}, True),
-        ({"cuda_graphs": False}, False),
-        ({"softmax": "adaptive", "cutoffs": [10], "tied": False}, False),
-        ({"weight_drop": 0.3}, False),
-        ({"ar_alpha": 2.0}, False),
-        ({"tar_beta": 1.0}, False),
-        ({"mixed_precision": True}, False),
-        ({"locked_dropout": True, "embed_dropout": 0.1, "dropout": 0.3}, True),
+        ({}, True, True),
+        ({"cuda_graphs": False}, False, False),
+        ({"softmax": "adaptive", "cutoffs": [10], "tied": False}, False, False),
+        ({"weight_drop": 0.3}, False, True),
+        ({"ar_alpha": 2.0}, False, True),
+        ({"tar_beta": 1.0}, False, True),
+        ({"mixed_precision": True}, False, False),
+        ({"locked_dropout": True, "embed_dropout": 0.1, "dropout": 0.3}, True, True),
     ],
 )
-def test_which_settings_allow_graphs(overrides, applies, recwarn):
+def test_which_settings_allow_graphs(overrides, in_training, in_evaluation, recwarn):
     _, lm = make_lm(**overrides)
-    assert lm._graphs_apply() is applies
+    assert lm._graphs_apply(train=True) is in_training
+    assert lm._graphs_apply(train=False) is in_evaluation
 
 
 def test_cuda_graphs_is_the_configs_call_not_the_stored_cfg(tmp_path):

@@ -25,8 +25,9 @@ Design notes:
   bfloat16 on CPU, where no scaling is needed). Weights and optimiser state
   stay float32, and log-probabilities are always taken in float32.
 * ``cuda_graphs``: on a GPU, stream batches (equal lengths, one window) train
-  through CUDA graphs replayed by ``torch_modules/graphed_windows.py``; a
-  window the graphs cannot express runs eagerly, with the same result.
+  through CUDA graphs replayed by ``torch_modules/graphed_windows.py``, and
+  full evaluation windows are scored through them; a window the graphs cannot
+  express runs eagerly, with the same result.
 """
 import math
 from collections import Counter
@@ -908,7 +909,11 @@ class RNNLanguageModelPipe(TrainablePipe):
         shim = self.model.shims[0]
         graphs = self._graphs if (
             train and not keep_scores and T <= bptt and device.type == "cuda"
-            and bool(mask.all()) and self._graphs_apply()
+            and bool(mask.all()) and self._graphs_apply(train=True)
+        ) else None
+        scoring_graphs = self._graphs if (
+            not train and distributions is None and device.type == "cuda"
+            and self._graphs_apply(train=False)
         ) else None
         for start in range(0, T, bptt):
             end = min(T, start + bptt)
@@ -921,6 +926,14 @@ class RNNLanguageModelPipe(TrainablePipe):
                     loss, state = replayed
                     readings.append(HostScalar(loss))
                     shim.backward(loss)
+                    continue
+            if scoring_graphs is not None and window.all():
+                scored = scoring_graphs.score(
+                    module, direction, inputs_t[:, start:end], targets_t[:, start:end], state
+                )
+                if scored is not None:
+                    lp, state = scored
+                    kept.append((start, end, window, lp))
                     continue
             rows = None if window.all() else to_device(numpy.flatnonzero(window), device)
             with self._autocast():
@@ -969,16 +982,20 @@ class RNNLanguageModelPipe(TrainablePipe):
             out.append(row[::-1].copy() if direction == "bwd" else row.copy())
         return out, state, readings
 
-    def _graphs_apply(self) -> bool:
+    def _graphs_apply(self, train: bool = True) -> bool:
         # What a captured window cannot do: autocast and loss scaling, the
-        # adaptive softmax's data-dependent cluster selection, weight drop's
-        # per-call weight swap, and AR / TAR's host-side token counts.
+        # adaptive softmax's data-dependent cluster selection, and in
+        # training weight drop's per-call weight swap and AR / TAR's
+        # host-side token counts.
         cfg = self.cfg
-        return (
+        if not (
             bool(cfg.get("cuda_graphs", True))
             and not self.model.shims[0].wants_mixed_precision
             and cfg["softmax"] == "full"
-            and float(cfg.get("weight_drop", 0.0)) <= 0
+        ):
+            return False
+        return not train or (
+            float(cfg.get("weight_drop", 0.0)) <= 0
             and float(cfg.get("ar_alpha", 0.0)) <= 0
             and float(cfg.get("tar_beta", 0.0)) <= 0
         )

@@ -1,4 +1,4 @@
-"""Language-model training windows replayed as CUDA graphs.
+"""Language-model windows (training and evaluation) replayed as CUDA graphs.
 
 A word-level LSTM LM at the sizes people train on PTB (2x200, 20 streams x
 35 tokens) gives the GPU about 4 ms of work per step, while launching that
@@ -28,7 +28,8 @@ MAX_GRAPHS = 4
 
 
 class GraphedWindows:
-    """Replays full-softmax training windows of an ``RNNLanguageModel``.
+    """Replays full-softmax training and evaluation windows of an
+    ``RNNLanguageModel``.
 
     A shape is captured the second time it is seen, so a one-off batch (the
     short last batch of an epoch) never pays for a capture. If capturing
@@ -76,17 +77,13 @@ class GraphedWindows:
         # (a second window or a second batch before the optimiser step).
         if any(p.grad is not None for p in params):
             return None
-        params_key = tuple(p.data_ptr() for p in params)
-        if params_key != self._params_key:
-            self.clear()
-            self._params_key = params_key
+        self._check_params(lm)
         flat, layout = _flatten(state)
-        key = (direction, tuple(inputs.shape), float(norm), layout,
+        key = ("train", direction, tuple(inputs.shape), float(norm), layout,
                tuple((t.shape, t.dtype) for t in flat))
         graphed = self._graphs.get(key)
         if graphed is None:
-            self._seen[key] = self._seen.get(key, 0) + 1
-            if self._seen[key] < 2 or len(self._graphs) >= MAX_GRAPHS:
+            if not self._second_sighting(key):
                 return None
             graphed = self._capture(lm, direction, norm, layout, inputs, targets, flat)
             if graphed is None:
@@ -94,6 +91,74 @@ class GraphedWindows:
             self._graphs[key] = graphed
         outputs = graphed(inputs, targets, *flat)
         return outputs[0], _unflatten(outputs[1:], layout)
+
+    def score(
+        self,
+        lm: nn.Module,
+        direction: str,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        state,
+    ):
+        """Score one evaluation window through a graph, if one applies.
+
+        lm (nn.Module): The ``RNNLanguageModel``, in eval mode, under
+            ``torch.no_grad``.
+        direction (str): "fwd" or "bwd".
+        inputs (torch.Tensor): (batch, time) int64 input ids on the GPU.
+        targets (torch.Tensor): (batch, time) int64 target ids.
+        state: The carried recurrent state (None: run eagerly).
+        RETURNS (Optional[Tuple[torch.Tensor, list]]): The (batch * time,)
+            target log probabilities (a copy the caller may keep) and the new
+            state (valid until the next replay); None when this window must
+            run eagerly.
+        """
+        if (
+            self.disabled or state is None or inputs.device.type != "cuda"
+            or lm.training or torch.is_grad_enabled()
+        ):
+            return None
+        self._check_params(lm)
+        flat, layout = _flatten(state)
+        key = ("eval", direction, tuple(inputs.shape), lm.n_words, layout,
+               tuple((t.shape, t.dtype) for t in flat))
+        graph = self._graphs.get(key)
+        if graph is None:
+            if not self._second_sighting(key):
+                return None
+            graph = self._capture_scoring(lm, direction, layout, inputs, targets, flat)
+            if graph is None:
+                return None
+            self._graphs[key] = graph
+        return graph(inputs, targets, flat, layout)
+
+    def _check_params(self, lm: nn.Module) -> None:
+        params_key = tuple(p.data_ptr() for p in lm.parameters())
+        if params_key != self._params_key:
+            self.clear()
+            self._params_key = params_key
+
+    def _second_sighting(self, key) -> bool:
+        self._seen[key] = self._seen.get(key, 0) + 1
+        return self._seen[key] >= 2 and len(self._graphs) < MAX_GRAPHS
+
+    def _capture_scoring(self, lm, direction, layout, inputs, targets, flat):
+        try:
+            return _ScoringGraph(lm, direction, layout, inputs, targets, flat)
+        except Exception as err:  # noqa: BLE001 - any failure means: run eagerly
+            self._give_up(err)
+            return None
+
+    def _give_up(self, err: Exception) -> None:
+        self.disabled = True
+        self.clear()
+        warnings.warn(
+            f"spacy-rnn: capturing a language-model window as a CUDA graph "
+            f"failed ({type(err).__name__}: {err}); the model goes on without "
+            f"graphs. Set cuda_graphs = false in the rnn_lm config to skip "
+            f"the attempt.",
+            stacklevel=4,
+        )
 
     def _capture(self, lm, direction, norm, layout, inputs, targets, flat):
         window = _Window(lm, direction, norm, layout)
@@ -111,17 +176,47 @@ class GraphedWindows:
         try:
             graphed = torch.cuda.make_graphed_callables(window, sample)
         except Exception as err:  # noqa: BLE001 - any failure means: run eagerly
-            self.disabled = True
-            self.clear()
-            warnings.warn(
-                f"spacy-rnn: capturing the language model's training window as "
-                f"a CUDA graph failed ({type(err).__name__}: {err}); training "
-                f"goes on without graphs. Set cuda_graphs = false in the "
-                f"rnn_lm config to skip the attempt.",
-                stacklevel=3,
-            )
+            self._give_up(err)
             return None
         return graphed
+
+
+class _ScoringGraph:
+    # One evaluation window (no gradients) captured with torch.cuda.graph:
+    # static input, target and state buffers in, log probabilities and the
+    # new state out.
+    def __init__(self, lm, direction, layout, inputs, targets, flat):
+        self.inputs = inputs.clone()
+        self.targets = targets.clone()
+        self.state = [t.clone() for t in flat]
+
+        def run():
+            H, new_state = lm.run(direction, self.inputs, _unflatten(self.state, layout))
+            lp = lm.target_log_probs(H.reshape(-1, H.shape[-1]), self.targets.reshape(-1))
+            return lp, _flatten(new_state)[0]
+
+        # Warm-up on a side stream, as torch's capture recipe asks: cuDNN and
+        # the allocator settle before anything is recorded.
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                run()
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.lp, self.new_state = run()
+
+    def __call__(self, inputs, targets, flat, layout):
+        self.inputs.copy_(inputs)
+        self.targets.copy_(targets)
+        for static, given in zip(self.state, flat):
+            # The previous replay's output state is read before it is
+            # overwritten: the copy is queued ahead of the replay.
+            if static.data_ptr() != given.data_ptr():
+                static.copy_(given)
+        self.graph.replay()
+        return self.lp.clone(), _unflatten(self.new_state, layout)
 
 
 class _Window(nn.Module):
