@@ -66,3 +66,46 @@ def test_cuda_graphs_is_the_configs_call_not_the_stored_cfg(tmp_path):
 
     loaded = spacy.load(tmp_path / "lm", config={"components": {"rnn_lm": {"cuda_graphs": False}}})
     assert loaded.get_pipe("rnn_lm").cfg["cuda_graphs"] is False
+
+
+def test_a_shape_is_captured_on_its_second_sighting_and_graphs_are_bounded():
+    from spacy_rnn.torch_modules.graphed_windows import MAX_GRAPHS
+
+    graphs = GraphedWindows()
+    captured = []
+
+    def capture(name):
+        captured.append(name)
+        return name
+
+    assert graphs._graph_for("a", lambda: capture("a")) is None
+    assert captured == []
+    assert graphs._graph_for("a", lambda: capture("a")) == "a"
+    assert graphs._graph_for("a", lambda: capture("a")) == "a"
+    assert captured == ["a"]
+    for i in range(2 * MAX_GRAPHS):
+        graphs._graph_for(i, lambda i=i: capture(i))
+        graphs._graph_for(i, lambda i=i: capture(i))
+    assert len(graphs._graphs) == MAX_GRAPHS
+    # A failed capture (None) is not stored and is tried again later.
+    graphs.clear()
+    graphs._graph_for("b", lambda: None)
+    assert graphs._graph_for("b", lambda: None) is None and "b" not in graphs._graphs
+
+
+def test_new_parameter_storage_drops_the_graphs():
+    _, lm = make_lm()
+    graphs = GraphedWindows()
+    ids = torch.zeros((2, 8), dtype=torch.int64)
+    state = [(torch.zeros(1, 2, 24), torch.zeros(1, 2, 24))]
+    flat, layout = _flatten(state)
+    key = graphs._key(lm.module, "eval", "fwd", ids, 0, flat, layout)
+    graphs._graph_for(key, lambda: "g")
+    graphs._graph_for(key, lambda: "g")
+    assert graphs._graphs
+    assert graphs._key(lm.module, "eval", "fwd", ids, 0, flat, layout) == key
+    assert graphs._graphs
+    with torch.no_grad():
+        lm.module.embed.weight = torch.nn.Parameter(lm.module.embed.weight.clone())
+    graphs._key(lm.module, "eval", "fwd", ids, 0, flat, layout)
+    assert not graphs._graphs

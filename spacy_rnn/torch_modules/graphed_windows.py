@@ -71,43 +71,26 @@ class GraphedWindows:
         """
         if self.disabled or state is None or inputs.device.type != "cuda":
             return None
-        params = list(lm.parameters())
         # A graph writes its gradients into storage of its own; they can only
         # stand in for .grad when nothing is waiting there to be added to
         # (a second window or a second batch before the optimiser step).
-        if any(p.grad is not None for p in params):
+        if any(p.grad is not None for p in lm.parameters()):
             return None
-        self._check_params(lm)
         flat, layout = _flatten(state)
-        key = ("train", direction, tuple(inputs.shape), float(norm), layout,
-               tuple((t.shape, t.dtype) for t in flat))
-        graphed = self._graphs.get(key)
+        key = self._key(lm, "train", direction, inputs, float(norm), flat, layout)
+        graphed = self._graph_for(
+            key, lambda: self._capture(lm, direction, norm, layout, inputs, targets, flat)
+        )
         if graphed is None:
-            if not self._second_sighting(key):
-                return None
-            graphed = self._capture(lm, direction, norm, layout, inputs, targets, flat)
-            if graphed is None:
-                return None
-            self._graphs[key] = graphed
+            return None
         outputs = graphed(inputs, targets, *flat)
         return outputs[0], _unflatten(outputs[1:], layout)
 
-    def score(
-        self,
-        lm: nn.Module,
-        direction: str,
-        inputs: torch.Tensor,
-        targets: torch.Tensor,
-        state,
-    ):
-        """Score one evaluation window through a graph, if one applies.
+    def score(self, lm: nn.Module, direction: str, inputs: torch.Tensor, targets: torch.Tensor, state):
+        """Score one evaluation window through a graph, if one applies. The
+        arguments are ``step``'s, without ``norm``; ``lm`` is in eval mode,
+        under ``torch.no_grad``.
 
-        lm (nn.Module): The ``RNNLanguageModel``, in eval mode, under
-            ``torch.no_grad``.
-        direction (str): "fwd" or "bwd".
-        inputs (torch.Tensor): (batch, time) int64 input ids on the GPU.
-        targets (torch.Tensor): (batch, time) int64 target ids.
-        state: The carried recurrent state (None: run eagerly).
         RETURNS (Optional[Tuple[torch.Tensor, list]]): The (batch * time,)
             target log probabilities (a copy the caller may keep) and the new
             state (valid until the next replay); None when this window must
@@ -118,29 +101,35 @@ class GraphedWindows:
             or lm.training or torch.is_grad_enabled()
         ):
             return None
-        self._check_params(lm)
         flat, layout = _flatten(state)
-        key = ("eval", direction, tuple(inputs.shape), lm.n_words, layout,
-               tuple((t.shape, t.dtype) for t in flat))
-        graph = self._graphs.get(key)
+        key = self._key(lm, "eval", direction, inputs, lm.n_words, flat, layout)
+        graph = self._graph_for(
+            key, lambda: self._capture_scoring(lm, direction, layout, inputs, targets, flat)
+        )
         if graph is None:
-            if not self._second_sighting(key):
-                return None
-            graph = self._capture_scoring(lm, direction, layout, inputs, targets, flat)
-            if graph is None:
-                return None
-            self._graphs[key] = graph
+            return None
         return graph(inputs, targets, flat, layout)
 
-    def _check_params(self, lm: nn.Module) -> None:
+    def _key(self, lm, kind, direction, inputs, extra, flat, layout) -> Tuple:
+        # Graphs read parameters by address: new storage means new graphs.
         params_key = tuple(p.data_ptr() for p in lm.parameters())
         if params_key != self._params_key:
             self.clear()
             self._params_key = params_key
+        return (kind, direction, tuple(inputs.shape), extra, layout,
+                tuple((t.shape, t.dtype) for t in flat))
 
-    def _second_sighting(self, key) -> bool:
-        self._seen[key] = self._seen.get(key, 0) + 1
-        return self._seen[key] >= 2 and len(self._graphs) < MAX_GRAPHS
+    def _graph_for(self, key, capture):
+        # A shape is captured on its second sighting; at most MAX_GRAPHS live.
+        graph = self._graphs.get(key)
+        if graph is None:
+            self._seen[key] = self._seen.get(key, 0) + 1
+            if self._seen[key] < 2 or len(self._graphs) >= MAX_GRAPHS:
+                return None
+            graph = capture()
+            if graph is not None:
+                self._graphs[key] = graph
+        return graph
 
     def _capture_scoring(self, lm, direction, layout, inputs, targets, flat):
         try:
