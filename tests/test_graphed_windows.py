@@ -109,3 +109,18 @@ def test_new_parameter_storage_drops_the_graphs():
         lm.module.embed.weight = torch.nn.Parameter(lm.module.embed.weight.clone())
     graphs._key(lm.module, "eval", "fwd", ids, 0, flat, layout)
     assert not graphs._graphs
+
+
+def test_a_pipeline_with_graphs_pickles_and_copies_without_them():
+    import copy
+    import pickle
+
+    _, lm = make_lm()
+    # Stand-ins for captured graphs: closures, which pickle refuses.
+    lm._graphs._graphs["key"] = lambda: None
+    lm._graphs._seen["key"] = 2
+    for clone in (copy.deepcopy(lm), pickle.loads(pickle.dumps(lm))):
+        assert clone._graphs._graphs == {} and clone._graphs._seen == {}
+        assert not clone._graphs.disabled
+    lm._graphs.disabled = True
+    assert copy.deepcopy(lm)._graphs.disabled

@@ -42,6 +42,16 @@ class GraphedWindows:
         self._params_key: Optional[Tuple[int, ...]] = None
         self.disabled = False
 
+    def __getstate__(self):
+        # Graphs hold device memory and closures: a pickled or deep-copied
+        # pipeline (multiprocessing, copy.deepcopy(nlp)) starts without them
+        # and captures its own.
+        return {"disabled": self.disabled}
+
+    def __setstate__(self, state) -> None:
+        self.__init__()
+        self.disabled = state.get("disabled", False)
+
     def clear(self) -> None:
         """Drop every graph (the module's parameters were replaced)."""
         self._graphs.clear()
