@@ -225,7 +225,14 @@ def run_child(args):
 
     gpu = args.gpu_id >= 0
     if gpu:
+        from thinc.api import set_gpu_allocator
+
         spacy.require_gpu(args.gpu_id)
+        # Thinc's CuPy arrays (spaCy's own textcat models, every embedding)
+        # then come from PyTorch's allocator, as with spaCy's
+        # `gpu_allocator = "pytorch"`, so gpu_peak_mb counts every model's
+        # memory and not only its torch part.
+        set_gpu_allocator("pytorch")
         torch.cuda.reset_peak_memory_stats()
     device = torch.device("cuda", args.gpu_id) if gpu else torch.device("cpu")
     fix_random_seed(args.seed)
@@ -287,6 +294,7 @@ def run_child(args):
         "macro_f": scores["cats_score"],
         "peak_rss_mb": _common.peak_rss_mb(),
         "gpu_peak_mb": _common.gpu_peak_mb(device),
+        "gpu_allocator": "pytorch" if gpu else None,
     }
     if factory == "rnn_textcat" and not gpu and not args.no_quantize:
         result["int8"] = _int8_inference(nlp, texts, test, args)
