@@ -124,3 +124,21 @@ def test_a_pipeline_with_graphs_pickles_and_copies_without_them():
         assert not clone._graphs.disabled
     lm._graphs.disabled = True
     assert copy.deepcopy(lm)._graphs.disabled
+
+
+def test_the_word_count_is_part_of_a_training_graphs_key():
+    # A capture bakes in the mask of unused output rows.
+    _, lm = make_lm()
+    graphs = GraphedWindows()
+    seen = []
+    graphs._graph_for = lambda key, capture: seen.append(key)
+    state = [(torch.zeros(1, 2, 24, device="cpu"), torch.zeros(1, 2, 24))]
+    ids = torch.zeros((2, 8), dtype=torch.int64)
+    module = lm.module
+    # Pretend to be on a GPU as far as the device check goes.
+    fake = type("Ids", (), {"device": torch.device("cuda"), "shape": ids.shape})()
+    module.set_n_active(20)
+    graphs.step(module, "fwd", fake, ids, state, 16.0)
+    module.set_n_active(24)
+    graphs.step(module, "fwd", fake, ids, state, 16.0)
+    assert len(seen) == 2 and seen[0] != seen[1]

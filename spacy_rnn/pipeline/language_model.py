@@ -211,10 +211,11 @@ def make_rnn_lm(
         with mixed precision (default: Thinc's, with its default settings).
     int8 (bool): Inference only, on CPU: dynamically quantised int8 recurrent
         cells and output layer (set by ``python -m spacy_rnn quantize``).
-    cuda_graphs (bool): On a GPU, replay each training window of a stream
-        batch as a CUDA graph (one launch instead of hundreds) where it
-        applies: full softmax, float32, no weight drop, AR or TAR, one window
-        per batch. Elsewhere, and if capturing fails, windows run eagerly.
+    cuda_graphs (bool): On a GPU, replay windows as CUDA graphs (one launch
+        instead of hundreds) where they apply: with the full softmax in
+        float32, each training window of a stream batch (one window per
+        batch; no weight drop, AR or TAR) and each full evaluation window.
+        Elsewhere, and if capturing fails, windows run eagerly.
     RETURNS (RNNLanguageModelPipe): The component.
     """
     cfg = dict(

@@ -87,7 +87,8 @@ class GraphedWindows:
         if any(p.grad is not None for p in lm.parameters()):
             return None
         flat, layout = _flatten(state)
-        key = self._key(lm, "train", direction, inputs, float(norm), flat, layout)
+        # The word count is baked into a capture (the mask of unused rows).
+        key = self._key(lm, "train", direction, inputs, (float(norm), lm.n_words), flat, layout)
         graphed = self._graph_for(
             key, lambda: self._capture(lm, direction, norm, layout, inputs, targets, flat)
         )
@@ -96,7 +97,8 @@ class GraphedWindows:
         outputs = graphed(inputs, targets, *flat)
         return outputs[0], _unflatten(outputs[1:], layout)
 
-    def score(self, lm: nn.Module, direction: str, inputs: torch.Tensor, targets: torch.Tensor, state):
+    def score(self, lm: nn.Module, direction: str, inputs: torch.Tensor,
+              targets: torch.Tensor, state):
         """Score one evaluation window through a graph, if one applies. The
         arguments are ``step``'s, without ``norm``; ``lm`` is in eval mode,
         under ``torch.no_grad``.
