@@ -347,3 +347,38 @@ def test_lm_cuda_graph_evaluation_matches_eager():
     for scores in (first, again):
         assert scores["tokens"] == eager["tokens"]
         assert scores["nll"] == pytest.approx(eager["nll"], rel=1e-5)
+
+
+def test_lm_cuda_graph_evaluation_through_spacy_matches_eager():
+    # nlp.evaluate on a stream dev corpus goes through predict: full windows
+    # are replayed there too, and the perplexity is the eager one.
+    from .test_language_model import dev_examples
+
+    nlp, lm, _, _ = _train_lm_with_graphs(False, 0.2, 2)
+    lm.cfg["cuda_graphs"] = False
+    eager = nlp.evaluate(dev_examples(nlp))["lm_ppl"]
+    lm.cfg["cuda_graphs"] = True
+    for _ in range(2):
+        assert nlp.evaluate(dev_examples(nlp))["lm_ppl"] == pytest.approx(eager, rel=1e-5)
+    assert any(key[0] == "eval" for key in lm._graphs._graphs)
+
+
+def test_lm_with_cuda_graphs_deep_copies_and_the_copy_trains():
+    import copy
+
+    from thinc.api import Adam
+
+    from .test_language_model import stream_corpus
+
+    nlp, lm, _, _ = _train_lm_with_graphs(True, 0.0, 2)
+    assert lm._graphs._graphs
+    clone = copy.deepcopy(nlp)
+    clone_lm = clone.get_pipe("rnn_lm")
+    assert not clone_lm._graphs._graphs
+    optimizer = Adam(0.01)
+    examples = list(stream_corpus()(clone))
+    for i in range(0, 16, 4):
+        clone.update(examples[i : i + 4], sgd=optimizer)
+    assert clone_lm._graphs._graphs and not clone_lm._graphs.disabled
+    for a, b in zip(lm.module.parameters(), clone_lm.module.parameters()):
+        assert a.data_ptr() != b.data_ptr()
