@@ -142,3 +142,81 @@ def test_the_word_count_is_part_of_a_training_graphs_key():
     module.set_n_active(24)
     graphs.step(module, "fwd", fake, ids, state, 16.0)
     assert len(seen) == 2 and seen[0] != seen[1]
+
+
+class EagerReplays(GraphedWindows):
+    """Stands in for captured graphs on CPU: each "replay" computes what the
+    captured computation computes (the same ``_Window`` module for training),
+    so the component's plumbing around replays is checked without a GPU."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = {"train": 0, "eval": 0}
+
+    def applies_to(self, device):
+        return True
+
+    def step(self, lm, direction, inputs, targets, state, norm):
+        from spacy_rnn.torch_modules.graphed_windows import _Window
+
+        if state is None or any(p.grad is not None for p in lm.parameters()):
+            return None
+        flat, layout = _flatten(state)
+        outputs = _Window(lm, direction, norm, layout)(inputs, targets, *flat)
+        self.calls["train"] += 1
+        return outputs[0], _unflatten(outputs[1:], layout)
+
+    def score(self, lm, direction, inputs, targets, state):
+        if state is None:
+            return None
+        H, new_state = lm.run(direction, inputs.clone(), state)
+        lp = lm.target_log_probs(H.reshape(-1, H.shape[-1]), targets.reshape(-1))
+        self.calls["eval"] += 1
+        return lp.clone(), new_state
+
+
+def _train(replays, epochs=2):
+    from thinc.api import Adam, fix_random_seed
+
+    from .test_language_model import stream_corpus
+
+    fix_random_seed(0)
+    nlp, lm = make_lm(depth=2)
+    if replays:
+        lm._graphs = EagerReplays()
+    nlp.initialize(lambda: stream_corpus()(nlp))
+    optimizer = Adam(0.01)
+    per_batch = []
+    for _ in range(epochs):
+        examples = list(stream_corpus()(nlp))
+        for i in range(0, len(examples), 4):
+            losses = {}
+            nlp.update(examples[i : i + 4], sgd=optimizer, losses=losses)
+            per_batch.append(losses["rnn_lm"])
+    return lm, per_batch
+
+
+def test_the_component_trains_the_same_through_replays():
+    eager, eager_losses = _train(False)
+    replayed, replay_losses = _train(True)
+    # Every full stream batch after the first of an epoch went through it.
+    assert replayed._graphs.calls["train"] == 2 * 8
+    assert replay_losses == pytest.approx(eager_losses, rel=1e-6)
+    for a, b in zip(eager.module.parameters(), replayed.module.parameters()):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_the_component_scores_the_same_through_replays():
+    from .test_language_model import STREAM, dev_examples
+
+    from .test_language_model import stream_corpus
+
+    nlp, lm = make_lm()
+    nlp.initialize(lambda: stream_corpus()(nlp))
+    tokens = STREAM.read_text(encoding="utf8").split()
+    eager = lm.evaluate_stream(tokens, batch_size=2)
+    eager_ppl = nlp.evaluate(dev_examples(nlp))["lm_ppl"]
+    lm._graphs = EagerReplays()
+    assert lm.evaluate_stream(tokens, batch_size=2)["nll"] == pytest.approx(eager["nll"], rel=1e-6)
+    assert nlp.evaluate(dev_examples(nlp))["lm_ppl"] == pytest.approx(eager_ppl, rel=1e-6)
+    assert lm._graphs.calls["eval"] > 10

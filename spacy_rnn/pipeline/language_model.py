@@ -908,12 +908,13 @@ class RNNLanguageModelPipe(TrainablePipe):
         kept = []
         readings: List[HostScalar] = []
         shim = self.model.shims[0]
+        replays = self._graphs.applies_to(device)
         graphs = self._graphs if (
-            train and not keep_scores and T <= bptt and device.type == "cuda"
+            replays and train and not keep_scores and T <= bptt
             and bool(mask.all()) and self._graphs_apply(train=True)
         ) else None
         scoring_graphs = self._graphs if (
-            not train and distributions is None and device.type == "cuda"
+            replays and not train and distributions is None
             and self._graphs_apply(train=False)
         ) else None
         for start in range(0, T, bptt):

@@ -52,6 +52,14 @@ class GraphedWindows:
         self.__init__()
         self.disabled = state.get("disabled", False)
 
+    def applies_to(self, device: torch.device) -> bool:
+        """Whether windows on ``device`` may be replayed at all.
+
+        device (torch.device): The module's device.
+        RETURNS (bool): True on CUDA unless a capture has failed.
+        """
+        return not self.disabled and device.type == "cuda"
+
     def clear(self) -> None:
         """Drop every graph (the module's parameters were replaced)."""
         self._graphs.clear()
