@@ -268,7 +268,7 @@ def test_global_norm_clipping_on_the_gpu_matches_the_host():
 def _train_lm_with_graphs(cuda_graphs, dropout, epochs, depth=2, cell="lstm"):
     from thinc.api import Adam, fix_random_seed, require_gpu
 
-    from .test_language_model import make_lm, stream_corpus
+    from .test_language_model import make_lm, stream_corpus, train_batches
 
     require_gpu(0)
     fix_random_seed(0)
@@ -277,13 +277,7 @@ def _train_lm_with_graphs(cuda_graphs, dropout, epochs, depth=2, cell="lstm"):
     )
     nlp.initialize(lambda: stream_corpus()(nlp))
     optimizer = Adam(0.01)
-    per_batch = []
-    for _ in range(epochs):
-        examples = list(stream_corpus()(nlp))
-        for i in range(0, len(examples), 4):
-            losses = {}
-            nlp.update(examples[i : i + 4], sgd=optimizer, losses=losses)
-            per_batch.append(losses["rnn_lm"])
+    per_batch = sum(train_batches(nlp, epochs, optimizer), [])
     return nlp, lm, optimizer, per_batch
 
 

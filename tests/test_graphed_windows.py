@@ -178,22 +178,14 @@ class EagerReplays(GraphedWindows):
 def _train(replays, epochs=2):
     from thinc.api import Adam, fix_random_seed
 
-    from .test_language_model import stream_corpus
+    from .test_language_model import stream_corpus, train_batches
 
     fix_random_seed(0)
     nlp, lm = make_lm(depth=2)
     if replays:
         lm._graphs = EagerReplays()
     nlp.initialize(lambda: stream_corpus()(nlp))
-    optimizer = Adam(0.01)
-    per_batch = []
-    for _ in range(epochs):
-        examples = list(stream_corpus()(nlp))
-        for i in range(0, len(examples), 4):
-            losses = {}
-            nlp.update(examples[i : i + 4], sgd=optimizer, losses=losses)
-            per_batch.append(losses["rnn_lm"])
-    return lm, per_batch
+    return lm, sum(train_batches(nlp, epochs, Adam(0.01)), [])
 
 
 def test_the_component_trains_the_same_through_replays():

@@ -47,17 +47,23 @@ def dev_examples(nlp):
     return list(TokenStreamCorpus(STREAM, n_streams=2, doc_length=0)(nlp))
 
 
-def train(nlp, epochs, n_streams=4, lr=0.01):
+def train_batches(nlp, epochs, optimizer, n_streams=4):
+    """Stream batches in order for ``epochs``; each batch's loss, by epoch."""
     corpus = stream_corpus(n_streams=n_streams)
-    optimizer = Adam(lr)
-    history = []
+    per_epoch = []
     for _ in range(epochs):
         examples = list(corpus(nlp))
-        losses = {}
+        batch_losses = []
         for i in range(0, len(examples), n_streams):
+            losses = {}
             nlp.update(examples[i : i + n_streams], sgd=optimizer, losses=losses)
-        history.append(losses["rnn_lm"])
-    return history
+            batch_losses.append(losses["rnn_lm"])
+        per_epoch.append(batch_losses)
+    return per_epoch
+
+
+def train(nlp, epochs, n_streams=4, lr=0.01):
+    return [sum(batches) for batches in train_batches(nlp, epochs, Adam(lr), n_streams)]
 
 
 @pytest.fixture(scope="module")
