@@ -63,6 +63,9 @@ def parse_args(argv=None):
                         "(spacy_rnn.clip_global_norm.v1), or Thinc's per-tensor grad_clip")
     p.add_argument("--rnn-lm-cuda-graphs", choices=["on", "off"], default="on",
                    help="rnn_lm's cuda_graphs setting (its default: on; applies on a GPU only)")
+    p.add_argument("--rnn-lm-fused-loss", choices=["on", "off"], default="on",
+                   help="rnn_lm's fused_loss setting (its default: on; applies on CPU "
+                        "with the full softmax in float32)")
     p.add_argument("--torch-cuda-graphs", action="store_true",
                    help="also replay the plain loop's forward and backward as CUDA "
                         "graphs (torch.cuda.make_graphed_callables); off by default, "
@@ -250,6 +253,7 @@ class SpacyRNNSide:
             "softmax": "full", "bptt": SIZES["bptt"],
             "mixed_precision": bool(args.mixed_precision),
             "cuda_graphs": getattr(args, "rnn_lm_cuda_graphs", "on") == "on",
+            "fused_loss": getattr(args, "rnn_lm_fused_loss", "on") == "on",
         })
         self.corpus = TokenStreamCorpus(
             train_path, n_streams=SIZES["n_streams"], doc_length=SIZES["bptt"],
@@ -363,6 +367,7 @@ def main(argv=None):
         "mixed_precision": bool(args.mixed_precision),
         "rnn_lm_clip": args.rnn_lm_clip,
         "rnn_lm_cuda_graphs": args.rnn_lm_cuda_graphs,
+        "rnn_lm_fused_loss": args.rnn_lm_fused_loss,
         "torch_cuda_graphs": bool(args.torch_cuda_graphs),
         "sizes": {**SIZES, "vocab_size": args.vocab_size, "embed_width": args.width,
                   "hidden_width": args.width},

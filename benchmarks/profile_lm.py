@@ -68,6 +68,8 @@ def parse_args(argv=None):
                    help="rnn_lm's clipping, as in lm_throughput.py")
     p.add_argument("--rnn-lm-cuda-graphs", choices=["on", "off"], default="on",
                    help="rnn_lm's cuda_graphs setting, as in lm_throughput.py")
+    p.add_argument("--rnn-lm-fused-loss", choices=["on", "off"], default="on",
+                   help="rnn_lm's fused_loss setting, as in lm_throughput.py")
     p.add_argument("--torch-profiler", action="store_true",
                    help="compare both sides' torch operators instead of cProfile")
     p.add_argument("--host-overhead", action="store_true",
@@ -128,6 +130,7 @@ def main(argv=None):
         "mixed_precision": bool(args.mixed_precision),
         "rnn_lm_clip": args.rnn_lm_clip,
         "rnn_lm_cuda_graphs": args.rnn_lm_cuda_graphs,
+        "rnn_lm_fused_loss": args.rnn_lm_fused_loss,
         **_common.machine_info(threads, device),
         "steps": round(steps, 1),
         "ms_per_step": seconds * 1000 / steps,
@@ -181,6 +184,7 @@ def host_overhead(args, spacy_side, device):
     return {
         "rnn_lm_clip": args.rnn_lm_clip,
         "rnn_lm_cuda_graphs": args.rnn_lm_cuda_graphs,
+        "rnn_lm_fused_loss": args.rnn_lm_fused_loss,
         "steps_per_round": args.steps,
         "rounds": max(1, args.rounds),
         "sizes": {**lm_throughput.SIZES, "vocab_size": args.vocab_size,
@@ -260,6 +264,7 @@ def compare_operators(args, spacy_side, device):
         "mixed_precision": bool(args.mixed_precision),
         "rnn_lm_clip": args.rnn_lm_clip,
         "rnn_lm_cuda_graphs": args.rnn_lm_cuda_graphs,
+        "rnn_lm_fused_loss": args.rnn_lm_fused_loss,
         "steps": args.steps,
         "sizes": {**lm_throughput.SIZES, "vocab_size": args.vocab_size,
                   "embed_width": args.width, "hidden_width": args.width},

@@ -28,6 +28,10 @@ Design notes:
   through CUDA graphs replayed by ``torch_modules/graphed_windows.py``, and
   full evaluation windows are scored through them; a window the graphs cannot
   express runs eagerly, with the same result.
+* ``fused_loss``: on CPU, the full softmax's output layer and cross-entropy
+  run in one buffer the module keeps between windows
+  (``torch_modules/fused_cross_entropy.py``), instead of four fresh buffers
+  of (tokens, vocabulary) floats per window.
 """
 import math
 from collections import Counter
@@ -85,6 +89,7 @@ mixed_precision = false
 grad_scaler = null
 int8 = false
 cuda_graphs = true
+fused_loss = true
 
 [lm.scorer]
 @scorers = "spacy_rnn.lm_scorer.v1"
@@ -104,7 +109,7 @@ MODULE_SETTINGS = (
 )
 # Regularisers: they change training, not the module's shape.
 # Decided by the config when the component is built, never by stored cfg.
-CONSTRUCTOR_SETTINGS = ("int8", "mixed_precision", "cuda_graphs")
+CONSTRUCTOR_SETTINGS = ("int8", "mixed_precision", "cuda_graphs", "fused_loss")
 
 
 def register_extensions() -> None:
@@ -172,6 +177,7 @@ def make_rnn_lm(
     grad_scaler: Optional[PyTorchGradScaler] = None,
     int8: bool = False,
     cuda_graphs: bool = True,
+    fused_loss: bool = True,
 ) -> "RNNLanguageModelPipe":
     """Create a recurrent word language model component.
 
@@ -216,6 +222,11 @@ def make_rnn_lm(
         float32, each training window of a stream batch (one window per
         batch; no weight drop, AR or TAR) and each full evaluation window.
         Elsewhere, and if capturing fails, windows run eagerly.
+    fused_loss (bool): On CPU, with the full softmax in float32, compute the
+        output layer and its cross-entropy in one buffer kept between
+        windows, instead of torch's ``linear`` and ``cross_entropy`` (four
+        fresh (tokens, vocabulary) buffers a window). Same values up to float
+        rounding; no effect on a GPU or with the adaptive softmax.
     RETURNS (RNNLanguageModelPipe): The component.
     """
     cfg = dict(
@@ -226,7 +237,7 @@ def make_rnn_lm(
         bptt=bptt, weight_drop=weight_drop, locked_dropout=locked_dropout,
         embed_dropout=embed_dropout, ar_alpha=ar_alpha, tar_beta=tar_beta,
         init_vectors=init_vectors, mixed_precision=mixed_precision, int8=int8,
-        cuda_graphs=cuda_graphs,
+        cuda_graphs=cuda_graphs, fused_loss=fused_loss,
     )
     model = build_lm_model(cfg, grad_scaler=grad_scaler)
     return RNNLanguageModelPipe(nlp.vocab, model, name, cfg=cfg, scorer=scorer)
@@ -261,6 +272,7 @@ def build_lm_model(
         weight_drop=cfg.get("weight_drop", 0.0),
         locked_dropout=cfg.get("locked_dropout", False),
         embed_dropout=cfg.get("embed_dropout", 0.0),
+        fused_loss=cfg.get("fused_loss", True),
     )
     module = RNNLanguageModel(**settings)
     if cfg.get("int8"):

@@ -17,6 +17,7 @@ from typing import List, Optional, Sequence
 import torch
 from torch import nn
 
+from .fused_cross_entropy import LossWorkspace, linear_cross_entropy_sum, linear_target_log_probs
 from .rnn_stack import RNNStack
 
 SOFTMAXES = ("full", "adaptive")
@@ -43,6 +44,11 @@ class RNNLanguageModel(nn.Module):
         (variational dropout) on embeddings, between layers and on outputs.
     embed_dropout (float): Drop whole words: rows of the embedding matrix
         (Gal & Ghahramani 2016; AWD-LSTM's embedding dropout).
+    fused_loss (bool): On CPU, with the full softmax in float32, compute the
+        output layer and its softmax in one buffer kept between calls
+        (``fused_cross_entropy.py``) instead of torch's ``linear`` and
+        ``cross_entropy``, which allocate four buffers of that size a window.
+        Same values up to float rounding; on a GPU the torch path runs.
     """
 
     def __init__(
@@ -62,6 +68,7 @@ class RNNLanguageModel(nn.Module):
         weight_drop: float = 0.0,
         locked_dropout: bool = False,
         embed_dropout: float = 0.0,
+        fused_loss: bool = True,
     ):
         super().__init__()
         if not 0.0 <= embed_dropout < 1.0:
@@ -119,6 +126,8 @@ class RNNLanguageModel(nn.Module):
         self._n_active_int: Optional[int] = vocab_size
         # ((word count, device), bool mask of the unused output rows).
         self._unused_cache = None
+        self.fused_loss = bool(fused_loss)
+        self._loss_workspace = LossWorkspace()
 
     @property
     def device(self) -> torch.device:
@@ -228,6 +237,10 @@ class RNNLanguageModel(nn.Module):
             # The cheap path: only the target's cluster is evaluated.
             with _full_precision(H):
                 return self.out(H.float(), targets).output
+        if self._fused(H) and not (torch.is_grad_enabled() and _any_grad(H, self.out)):
+            return linear_target_log_probs(
+                H, self.out.weight, self.out.bias, targets, self.n_words, self._loss_workspace
+            )
         lp = self.log_probs(H)
         return lp.gather(1, targets.unsqueeze(1)).squeeze(1)
 
@@ -241,10 +254,29 @@ class RNNLanguageModel(nn.Module):
         """
         if self.softmax != "full" or H.shape[0] == 0:
             return -self.target_log_probs(H, targets).sum()
+        if self._fused(H):
+            return linear_cross_entropy_sum(
+                H, self.out.weight, self.out.bias, targets, self.n_words, self._loss_workspace
+            )
         # One fused cross-entropy, as in ``nn.CrossEntropyLoss``: fewer
         # kernels than per-token scores gathered, negated and summed (each a
         # launch on a GPU); on CPU the two measured the same.
         return nn.functional.cross_entropy(self._full_logits(H), targets, reduction="sum")
+
+    def _fused(self, H: torch.Tensor) -> bool:
+        # CPU only: there the page faults and memory passes it saves are the
+        # cost; on a GPU the caching allocator has no faults, the torch
+        # kernels are fused already, and its extra launches would cost more.
+        # Not under autocast, whose bfloat16 product it would bypass, and not
+        # for int8's quantised output layer.
+        return (
+            self.fused_loss
+            and self.softmax == "full"
+            and H.device.type == "cpu"
+            and H.dtype == torch.float32
+            and type(self.out) is nn.Linear
+            and not torch.is_autocast_enabled("cpu")
+        )
 
     def _full_logits(self, H: torch.Tensor) -> torch.Tensor:
         # The product may run in half precision under autocast; the
@@ -264,6 +296,10 @@ class RNNLanguageModel(nn.Module):
             cached = (key, rows >= key[0])
             self._unused_cache = cached
         return cached[1].expand_as(scores)
+
+
+def _any_grad(H: torch.Tensor, layer: nn.Module) -> bool:
+    return H.requires_grad or any(p.requires_grad for p in layer.parameters())
 
 
 def _full_precision(X: torch.Tensor):
