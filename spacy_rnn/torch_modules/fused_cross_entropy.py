@@ -6,8 +6,7 @@ Plain PyTorch. ``F.cross_entropy(F.linear(H, W, b), y)`` allocates a
 the gradient of the loss and the gradient of the logits (28 MB each for a
 700-token window at 10k words). On CPU, glibc returns buffers of that size
 to the kernel when they are freed, so a step can pay ~7,000 page faults per
-buffer to get them back, and each buffer is one more pass through memory.
-Here the logits are written into a buffer the ``LossWorkspace`` keeps between
+buffer to get them back (how often depends on the state of the heap). Here the logits are written into a buffer the ``LossWorkspace`` keeps between
 calls, turned into log-probabilities in place, and turned into the gradient
 of the logits in place during the backward pass: one buffer, and no
 allocation of that size.
@@ -67,11 +66,6 @@ class LossWorkspace:
                 self._buffer = buf
             self._lent = True
             return _Lease(self, buf[:rows])
-
-    def clear(self) -> None:
-        """Drop the buffer (the next pass allocates a new one)."""
-        with self._lock:
-            self._buffer = None
 
     @property
     def lent(self) -> bool:
@@ -142,14 +136,9 @@ def linear_target_log_probs(
     workspace: LossWorkspace,
 ) -> torch.Tensor:
     """Log-softmax probability of each target, without autograd: for
-    scoring (evaluation and prediction).
+    scoring (evaluation and prediction). The arguments are those of
+    ``linear_cross_entropy_sum``.
 
-    H (torch.Tensor): (n, width) hidden vectors.
-    weight (torch.Tensor): (vocab, width) output matrix.
-    bias (torch.Tensor): (vocab,) output bias.
-    targets (torch.Tensor): (n,) int64 word ids below ``n_words``.
-    n_words (int): Columns in use; the rest are left out of the softmax.
-    workspace (LossWorkspace): Lends the (n, vocab) buffer.
     RETURNS (torch.Tensor): (n,) natural-log probabilities.
     """
     with torch.no_grad():

@@ -45,7 +45,7 @@ class RNNLanguageModel(nn.Module):
     embed_dropout (float): Drop whole words: rows of the embedding matrix
         (Gal & Ghahramani 2016; AWD-LSTM's embedding dropout).
     fused_loss (bool): On CPU, with the full softmax in float32, compute the
-        output layer and its softmax in one buffer kept between calls
+        output layer and its cross-entropy in one buffer kept between calls
         (``fused_cross_entropy.py``) instead of torch's ``linear`` and
         ``cross_entropy``, which allocate four buffers of that size a window.
         Same values up to float rounding; on a GPU the torch path runs.
@@ -264,9 +264,9 @@ class RNNLanguageModel(nn.Module):
         return nn.functional.cross_entropy(self._full_logits(H), targets, reduction="sum")
 
     def _fused(self, H: torch.Tensor) -> bool:
-        # CPU only: there the page faults and memory passes it saves are the
-        # cost; on a GPU the caching allocator has no faults, the torch
-        # kernels are fused already, and its extra launches would cost more.
+        # CPU only: what it saves is the page faults of fresh buffers, which
+        # a GPU's caching allocator never pays; there its few extra kernel
+        # launches would only cost.
         # Not under autocast, whose bfloat16 product it would bypass, and not
         # for int8's quantised output layer.
         return (
