@@ -210,7 +210,7 @@ def test_full_softmax_lm_learns_ptb_with_and_without_the_fused_loss(shared_data)
     """The benchmark's shape (2x200 LSTM, 10k words, full softmax, 20 streams
     of 35 tokens, Adam 0.001, global-norm clipping at 0.25) for 500 steps on
     PTB, one seed. Measured on the 2-core dev VM: validation perplexity (first
-    20,000 tokens) 434.5 with the fused loss, 434.8 without; 61 s for both."""
+    20,000 tokens) 434.5 with the fused loss, 434.8 without; about 95 s for both."""
     import spacy
 
     from spacy_rnn.optimization.global_norm import make_clip_global_norm_callback
