@@ -47,8 +47,9 @@ def dev_examples(nlp):
     return list(TokenStreamCorpus(STREAM, n_streams=2, doc_length=0)(nlp))
 
 
-def train_batches(nlp, epochs, optimizer, n_streams=4):
-    """Stream batches in order for ``epochs``; each batch's loss, by epoch."""
+def train_batches(nlp, epochs, optimizer, n_streams=4, after_update=None):
+    """Stream batches in order for ``epochs``; each batch's loss, by epoch.
+    ``after_update`` (if given) is called after every update."""
     corpus = stream_corpus(n_streams=n_streams)
     per_epoch = []
     for _ in range(epochs):
@@ -58,6 +59,8 @@ def train_batches(nlp, epochs, optimizer, n_streams=4):
             losses = {}
             nlp.update(examples[i : i + n_streams], sgd=optimizer, losses=losses)
             batch_losses.append(losses["rnn_lm"])
+            if after_update is not None:
+                after_update()
         per_epoch.append(batch_losses)
     return per_epoch
 
