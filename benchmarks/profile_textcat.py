@@ -9,6 +9,18 @@ own time, own time grouped by library (torch, thinc, spacy, spacy_rnn,
 numpy, other) and the time spent in spacy-rnn's own Python layers
 (pooling, the encoder's conversions). ``--out-dir`` also writes the raw
 ``.prof`` files for snakeviz / pstats.
+
+    python benchmarks/profile_textcat.py --torch-profiler --gpu-id 0 \
+        --models rnn_bilstm,torch_bilstm
+
+``--torch-profiler`` instead runs ``torch.profiler`` over the same training
+steps and inference batches of each model in ``--models`` (names as in
+``textcat_bench.py``), one after the other in this process: ms per step
+unprofiled, torch operators and GPU kernels per step, host time inside
+torch, GPU busy time, and the top operators by host and by GPU time. It
+shows whether a model is bound by the host (launches, Python) or by the
+GPU. ``--rnn-bucket-overhead`` overrides the encoder's bucket cost
+constant (16 on CUDA, 4 on CPU) for the spacy-rnn models.
 """
 import argparse
 import cProfile
@@ -43,6 +55,12 @@ def parse_args(argv=None):
     p.add_argument("--cell", default="lstm")
     p.add_argument("--top", type=int, default=15)
     p.add_argument("--out-dir", type=Path, default=None)
+    p.add_argument("--torch-profiler", action="store_true",
+                   help="compare the --models' torch operators instead of cProfile")
+    p.add_argument("--models", default="rnn_bilstm,torch_bilstm",
+                   help="models for --torch-profiler, as in textcat_bench.py")
+    p.add_argument("--rnn-bucket-overhead", type=float, default=None,
+                   help="override RNNStack.bucket_overhead (--torch-profiler)")
     _common.add_common_args(p)
     return p.parse_args(argv)
 
@@ -121,6 +139,12 @@ def main(argv=None):
     device = _common.torch_device(args.gpu_id)
     if device.type == "cuda":
         spacy.require_gpu(args.gpu_id)
+    if args.torch_profiler:
+        result = {"benchmark": "profile_textcat_operators",
+                  **_common.machine_info(threads, device),
+                  **compare_operators(args, device)}
+        _common.emit(result)
+        return result
     fix_random_seed(args.seed)
     rng = random.Random(args.seed)
     model = Config().from_str(DEFAULT_RNN_TEXTCAT_MODEL_CONFIG)["model"]
@@ -181,6 +205,120 @@ def main(argv=None):
     }
     _common.emit(result)
     return result
+
+
+def compare_operators(args, device):
+    """torch.profiler over ``args.steps`` training steps and the inference
+    of ``args.infer_docs`` docs, for each of ``args.models``."""
+    import spacy
+    from spacy.training import Example
+    from spacy.util import minibatch
+    from thinc.api import fix_random_seed
+    from torch.profiler import ProfilerActivity, profile
+
+    import textcat_bench
+
+    activities = [ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    rows = _common.read_review_texts(args.data, args.max_docs)
+    texts = [r["full_text"] for r in rows]
+    models = {}
+    for name in [m.strip() for m in args.models.split(",") if m.strip()]:
+        fix_random_seed(args.seed)
+        factory, config = textcat_bench.model_setup(name)
+        nlp = spacy.blank("en")
+        nlp.add_pipe(factory, name="textcat", config=config)
+        _set_bucket_overhead(nlp, args.rnn_bucket_overhead)
+        examples = []
+        for row, doc in zip(rows, nlp.tokenizer.pipe(texts)):
+            pos = float(row["label"] == "positive")
+            examples.append(Example.from_dict(
+                doc, {"cats": {"positive": pos, "negative": 1 - pos}}))
+        for label in textcat_bench.LABELS:
+            nlp.get_pipe("textcat").add_label(label)
+        optimizer = nlp.initialize(lambda: examples)
+        # The same batches, in the same order, for every model.
+        rng = random.Random(args.seed)
+        batches = []
+        while len(batches) < 2 * args.steps + 5:
+            rng.shuffle(examples)
+            batches.extend(minibatch(examples, size=args.batch_size))
+        warm, timed, profiled = (batches[:5], batches[5 : 5 + args.steps],
+                                 batches[5 + args.steps : 5 + 2 * args.steps])
+        for batch in warm:  # allocator, cuDNN plans
+            nlp.update(batch, sgd=optimizer, drop=0.2)
+        start = _common.timer(device)
+        for batch in timed:
+            nlp.update(batch, sgd=optimizer, drop=0.2)
+        train_s = _common.timer(device) - start
+        with profile(activities=activities) as prof:
+            for batch in profiled:
+                nlp.update(batch, sgd=optimizer, drop=0.2)
+            _common.sync(device)
+        train = _operator_summary(prof, args.steps, args.top, device)
+        train["ms_per_step"] = round(train_s * 1000 / args.steps, 3)
+        train["words_per_s"] = round(sum(len(eg.predicted) for b in timed for eg in b) / train_s)
+        infer_texts = texts[: args.infer_docs]
+        n_batches = -(-len(infer_texts) // 256)
+        list(nlp.pipe(infer_texts[:256], batch_size=256))
+        start = _common.timer(device)
+        docs = list(nlp.pipe(infer_texts, batch_size=256))
+        infer_s = _common.timer(device) - start
+        with profile(activities=activities) as prof:
+            list(nlp.pipe(infer_texts, batch_size=256))
+            _common.sync(device)
+        infer = _operator_summary(prof, n_batches, args.top, device)
+        infer["ms_per_batch"] = round(infer_s * 1000 / n_batches, 3)
+        infer["words_per_s"] = round(sum(len(d) for d in docs) / infer_s)
+        models[name] = {"train_per_step": train, "infer_per_batch_of_256": infer}
+        del nlp, optimizer
+    return {
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "infer_docs": args.infer_docs,
+        "rnn_bucket_overhead": args.rnn_bucket_overhead,
+        "models": models,
+    }
+
+
+def _operator_summary(prof, n, top, device):
+    table = prof.key_averages()
+    ops = [e for e in table if e.key.startswith("aten::")]
+
+    def best(attr):
+        rows = sorted(table, key=lambda e: -getattr(e, attr))[:top]
+        return [{"op": e.key, "calls": round(e.count / n, 1),
+                 "ms": round(getattr(e, attr) / 1000 / n, 3)}
+                for e in rows if getattr(e, attr) > 0]
+
+    summary = {
+        "aten_ops": round(sum(e.count for e in ops) / n, 1),
+        # Host time inside torch operators; the rest of the step is Python
+        # (spaCy, Thinc, spacy-rnn) and waiting for the GPU.
+        "torch_host_ms": round(sum(e.self_cpu_time_total for e in table) / 1000 / n, 3),
+        "top_self_cpu": best("self_cpu_time_total"),
+    }
+    if device.type == "cuda":
+        summary["device_ms"] = round(
+            sum(e.self_device_time_total for e in table) / 1000 / n, 3)
+        summary["kernels"] = round(
+            sum(e.count for e in table if e.self_device_time_total > 0) / n, 1)
+        summary["top_self_device"] = best("self_device_time_total")
+    return summary
+
+
+def _set_bucket_overhead(nlp, overhead):
+    if overhead is None:
+        return
+    from spacy_rnn.torch_modules.rnn_stack import RNNStack
+
+    for _, pipe in nlp.pipeline:
+        for node in pipe.model.walk():
+            for shim in node.shims:
+                module = getattr(shim, "_model", None)
+                if isinstance(module, RNNStack):
+                    module.bucket_overhead = float(overhead)
 
 
 if __name__ == "__main__":

@@ -141,6 +141,11 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=32, help="training batch size (docs)")
     p.add_argument("--infer-batch-size", type=int, default=256)
     p.add_argument("--dropout", type=float, default=0.2)
+    p.add_argument("--gpu-allocator", choices=["pytorch", "cupy"], default="pytorch",
+                   help="with --gpu-id: Thinc's CuPy arrays from PyTorch's allocator (gpu_peak_mb "
+                        "then counts every model in full) or from CuPy's own pool (spaCy's "
+                        "default, gpu_allocator = null; gpu_peak_mb then counts torch's "
+                        "allocations only)")
     p.add_argument("--no-quantize", action="store_true",
                    help="skip the int8 measurement of the spacy-rnn models")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -228,11 +233,12 @@ def run_child(args):
         from thinc.api import set_gpu_allocator
 
         spacy.require_gpu(args.gpu_id)
-        # Thinc's CuPy arrays (spaCy's own textcat models, every embedding)
-        # then come from PyTorch's allocator, as with spaCy's
-        # `gpu_allocator = "pytorch"`, so gpu_peak_mb counts every model's
-        # memory and not only its torch part.
-        set_gpu_allocator("pytorch")
+        if args.gpu_allocator == "pytorch":
+            # Thinc's CuPy arrays (spaCy's own textcat models, every
+            # embedding) then come from PyTorch's allocator, as with spaCy's
+            # `gpu_allocator = "pytorch"`, so gpu_peak_mb counts every
+            # model's memory and not only its torch part.
+            set_gpu_allocator("pytorch")
         torch.cuda.reset_peak_memory_stats()
     device = torch.device("cuda", args.gpu_id) if gpu else torch.device("cpu")
     fix_random_seed(args.seed)
@@ -294,7 +300,7 @@ def run_child(args):
         "macro_f": scores["cats_score"],
         "peak_rss_mb": _common.peak_rss_mb(),
         "gpu_peak_mb": _common.gpu_peak_mb(device),
-        "gpu_allocator": "pytorch" if gpu else None,
+        "gpu_allocator": args.gpu_allocator if gpu else None,
     }
     if factory == "rnn_textcat" and not gpu and not args.no_quantize:
         result["int8"] = _int8_inference(nlp, texts, test, args)

@@ -8,7 +8,10 @@
 # Steps (each time-boxed; STEPS picks a subset): lm (lm_throughput, base
 # then new), ops (profile_lm --torch-profiler, new), mixed (lm_throughput
 # float16, new), big (lm_throughput at width 650, new), tests (pytest -m
-# gpu, new), textcat (textcat_bench, new), host (profile_lm --host-overhead,
+# gpu, new), textcat (textcat_bench: rnn_bilstm base, then TEXTCAT_MODELS
+# new), textcat_ops (profile_textcat --torch-profiler: base, new),
+# textcat_ab (textcat_bench, two alternating rounds: rnn_bilstm base, then
+# rnn_bilstm and torch_bilstm new), encoder (encoder_speed, new), host (profile_lm --host-overhead,
 # base then new: nlp.update vs the component vs the plain loop), clip
 # (lm_throughput with Thinc's per-tensor clipping, new), nograph
 # (lm_throughput with rnn_lm's cuda_graphs off, new), torchgraph
@@ -64,9 +67,38 @@ for step in $STEPS; do
       PYTHONPATH=$NEW timeout 150 python3 -m pytest -m gpu -q -p no:cacheprovider --tb=short \
         tests/test_gpu.py > "$OUT/gpu_tests.log" 2>&1 ;;
     textcat)
-      PYTHONPATH=$NEW timeout 170 python3 benchmarks/textcat_bench.py --corpus-dir shared/amazon \
-        --gpu-id 0 --seconds 20 --models "${TEXTCAT_MODELS:-rnn_bilstm,torch_bilstm}" \
+      if [ -d /tmp/site_base ]; then
+        PYTHONPATH=$BASE timeout 60 python3 benchmarks/textcat_bench.py --corpus-dir shared/amazon \
+          --gpu-id 0 --seconds "${TEXTCAT_SECONDS:-20}" --models rnn_bilstm \
+          > "$OUT/textcat_bench_base.json" 2>> "$OUT/stderr.log"
+      fi
+      PYTHONPATH=$NEW timeout 240 python3 benchmarks/textcat_bench.py --corpus-dir shared/amazon \
+        --gpu-id 0 --seconds "${TEXTCAT_SECONDS:-20}" --models "${TEXTCAT_MODELS:-rnn_bilstm,torch_bilstm}" \
         > "$OUT/textcat_bench.json" 2>> "$OUT/stderr.log" ;;
+    textcat_ops)
+      # torch.profiler over the same batches: the base tree's rnn_textcat,
+      # then the new one and spaCy's BiLSTM.
+      ARGS="--torch-profiler --data shared/amazon/reviews.jsonl --max-docs 200 --steps 20 --infer-docs 200 --top 12 --gpu-id 0"
+      if [ -d /tmp/site_base ]; then
+        PYTHONPATH=$BASE timeout 60 python3 benchmarks/profile_textcat.py $ARGS --models rnn_bilstm \
+          > "$OUT/textcat_ops_base.json" 2>> "$OUT/stderr.log"
+      fi
+      PYTHONPATH=$NEW timeout 90 python3 benchmarks/profile_textcat.py $ARGS \
+        --models rnn_bilstm,torch_bilstm > "$OUT/textcat_ops_new.json" 2>> "$OUT/stderr.log" ;;
+    textcat_ab)
+      # Alternating rounds: base rnn_bilstm, then new rnn_bilstm and spaCy's
+      # BiLSTM, twice.
+      for r in 1 2; do
+        [ -d /tmp/site_base ] && PYTHONPATH=$BASE timeout 60 python3 benchmarks/textcat_bench.py \
+          --corpus-dir shared/amazon --gpu-id 0 --seconds "${TEXTCAT_SECONDS:-20}" --models rnn_bilstm ${TEXTCAT_ARGS:-} \
+          > "$OUT/textcat_ab_base_$r.json" 2>> "$OUT/stderr.log"
+        PYTHONPATH=$NEW timeout 100 python3 benchmarks/textcat_bench.py --corpus-dir shared/amazon \
+          --gpu-id 0 --seconds "${TEXTCAT_SECONDS:-20}" --models rnn_bilstm,torch_bilstm ${TEXTCAT_ARGS:-} \
+          > "$OUT/textcat_ab_new_$r.json" 2>> "$OUT/stderr.log"
+      done ;;
+    encoder)
+      PYTHONPATH=$NEW timeout 60 python3 benchmarks/encoder_speed.py --data shared/amazon/reviews.jsonl \
+        --max-reviews 500 --seconds 3 --gpu-id 0 > "$OUT/encoder_speed.json" 2>> "$OUT/stderr.log" ;;
   esac
   log "end $step"
 done

@@ -26,8 +26,12 @@ timeout 200 python3 benchmarks/textcat_bench.py --corpus-dir shared/amazon --gpu
   > "$OUT/textcat_bench.json" 2>> "$OUT/stderr.log"
 timeout 60 python3 benchmarks/encoder_speed.py --data shared/amazon/reviews.jsonl \
   --max-reviews 500 --seconds 3 --gpu-id 0 > "$OUT/encoder_speed.json" 2>> "$OUT/stderr.log"
-timeout 60 python3 benchmarks/profile_textcat.py --data shared/amazon/reviews.jsonl \
-  --max-docs 500 --steps 30 --gpu-id 0 > "$OUT/profile_textcat.json" 2>> "$OUT/stderr.log"
+# torch.profiler over rnn_textcat and spaCy's BiLSTM textcat, same batches:
+# host time, kernels and GPU busy time per step (at most 8 files come back,
+# so this replaces the cProfile run).
+timeout 120 python3 benchmarks/profile_textcat.py --torch-profiler --data shared/amazon/reviews.jsonl \
+  --max-docs 200 --steps 20 --infer-docs 200 --top 12 --gpu-id 0 \
+  --models rnn_bilstm,torch_bilstm > "$OUT/profile_textcat_ops.json" 2>> "$OUT/stderr.log"
 timeout 60 python3 benchmarks/profile_lm.py --data shared/ptb --seconds 15 --gpu-id 0 \
   > "$OUT/profile_lm.json" 2>> "$OUT/stderr.log"
 grep -v "VisibleDeprecationWarning\|toDlpack" "$OUT/stderr.log" | tail -20

@@ -37,6 +37,27 @@ def test_cuda_encoding_is_exact_and_matches_cpu(method, monkeypatch):
     assert torch.allclose(alone, y_gpu[:40], atol=atol)
 
 
+def test_mean_pooling_on_gpu_matches_the_cpu():
+    from thinc.api import CupyOps, NumpyOps
+
+    from spacy_rnn.layers.pooling import rnn_pooling
+
+    rng = numpy.random.default_rng(0)
+    Xs = [rng.normal(size=(n, 8)).astype("float32") for n in (3, 0, 4000, 1, 17)]
+    dY = rng.normal(size=(len(Xs), 8)).astype("float32")
+    results = []
+    for ops in (NumpyOps(), CupyOps()):
+        pool = rnn_pooling("mean", 8)
+        pool.ops = ops
+        Y, backprop = pool([ops.asarray2f(X) for X in Xs], is_train=True)
+        dXs = backprop(ops.asarray2f(dY))
+        results.append((ops.to_numpy(Y), [ops.to_numpy(d) for d in dXs]))
+    (y_cpu, dx_cpu), (y_gpu, dx_gpu) = results
+    assert numpy.allclose(y_cpu, y_gpu, rtol=1e-5, atol=1e-6)
+    assert not y_gpu[1].any()
+    assert all(numpy.allclose(a, b, rtol=1e-6, atol=1e-9) for a, b in zip(dx_cpu, dx_gpu))
+
+
 def test_train_on_gpu_then_predict_on_cpu(tmp_path):
     from thinc.api import Adam, require_gpu, set_gpu_allocator
 

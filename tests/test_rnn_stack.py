@@ -158,3 +158,45 @@ def test_locked_dropout_uses_one_mask_per_sequence():
 def test_bad_dropout_rates_refused(rate_name):
     with pytest.raises(ValueError, match=rate_name):
         RNNStack(4, 8, **{rate_name: 1.0})
+
+
+def test_gathered_rows_backward_matches_indexing():
+    # Each real row once, the padding row (last) any number of times: the
+    # gradient is the plain indexing one, with nothing for the padding row.
+    from spacy_rnn.torch_modules.rnn_stack import _GatherRows
+
+    source = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
+    index = torch.tensor([[4, 0, 2], [1, 5, 5], [3, 5, 5]])
+    out = _GatherRows.apply(source, index)
+    assert torch.equal(out, source[index])
+    weights = torch.randn(out.shape, dtype=torch.float64)
+    (out * weights).sum().backward()
+    expected = torch.zeros(6, 3, dtype=torch.float64)
+    expected.index_put_((index.reshape(-1),), weights.reshape(-1, 3), accumulate=True)
+    expected[-1] = 0
+    assert torch.equal(source.grad, expected)
+
+
+def test_training_gradients_match_each_doc_alone():
+    # Bucketed, gathered, reordered: the input and weight gradients of a
+    # batch are the sums of each doc's own, to float rounding.
+    torch.manual_seed(0)
+    module = RNNStack(5, 8, depth=2, bucket_overhead=0.0).double()
+    lengths = [7, 0, 3, 12, 1, 3]
+    x = torch.randn(sum(lengths), 5, dtype=torch.float64)
+    dy = torch.randn(sum(lengths), 8, dtype=torch.float64)
+    xb = x.clone().requires_grad_(True)
+    module(xb, lengths).backward(dy)
+    batch_grads = [p.grad.clone() for p in module.parameters()]
+    module.zero_grad(set_to_none=True)
+    start = 0
+    dx_alone = torch.zeros_like(x)
+    for n in lengths:
+        if n:
+            xi = x[start : start + n].clone().requires_grad_(True)
+            module(xi, [n]).backward(dy[start : start + n])
+            dx_alone[start : start + n] = xi.grad
+        start += n
+    assert torch.allclose(xb.grad, dx_alone, atol=1e-12)
+    for batch, alone in zip(batch_grads, module.parameters()):
+        assert torch.allclose(batch, alone.grad, atol=1e-10)

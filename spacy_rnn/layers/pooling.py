@@ -1,8 +1,13 @@
 """Pool each doc's token vectors into one vector, empty docs included."""
 from typing import Callable, List, Tuple
 
+import numpy
+import torch
 from thinc.api import Model, ParametricAttention_v2, chain, list2ragged, reduce_sum
 from thinc.types import Floats2d
+from thinc.util import torch2xp, xp2torch
+
+from ..torch_modules.transfer import to_device
 
 InT = List[Floats2d]
 OutT = Floats2d
@@ -53,8 +58,11 @@ def forward(model: Model[InT, OutT], Xs: InT, is_train: bool) -> Tuple[OutT, Cal
     nonempty = lengths > 0
     all_nonempty = bool(nonempty.all())
     if mode == "mean":
-        # reduce_mean gives zeros for empty docs.
-        Y = ops.reduce_mean(flat, lengths)
+        # Both give zeros for empty docs.
+        if xp is numpy:
+            Y = ops.reduce_mean(flat, lengths)
+        else:
+            Y = _segment_means(flat, lengths_list)
         which = None
     elif mode == "max":
         # reduce_max refuses empty sequences: reduce the others only.
@@ -87,3 +95,23 @@ def forward(model: Model[InT, OutT], Xs: InT, is_train: bool) -> Tuple[OutT, Cal
         return ops.unflatten(dX, lengths_list)
 
     return Y, backprop
+
+
+def _segment_means(flat, lengths: List[int]):
+    # Thinc's CUDA reduce_mean gives each doc one thread, which adds up the
+    # doc's rows one after the other: 5.5 ms of a 17.5 ms training step on an
+    # H100 for 32 reviews (up to 4,000 tokens each), and 9.8 ms per 256 docs
+    # in inference (benchmarks/profile_textcat.py --torch-profiler). Prefix
+    # sums along each column are parallel; float64 keeps the difference of
+    # two long prefix sums as exact as a float32 sum of the doc alone.
+    X = xp2torch(flat)
+    ends = numpy.cumsum(numpy.asarray(lengths, dtype="int64"))
+    starts = ends - numpy.asarray(lengths, dtype="int64")
+    sums = torch.cumsum(X.t().to(torch.float64).contiguous(), dim=1)
+    sums = torch.cat([sums.new_zeros((sums.shape[0], 1)), sums], dim=1)
+    per_doc = sums.index_select(1, to_device(ends, X.device)) - sums.index_select(
+        1, to_device(starts, X.device)
+    )
+    counts = to_device(numpy.maximum(numpy.asarray(lengths), 1).astype("float64"), X.device)
+    means = (per_doc / counts).t().to(X.dtype).contiguous()
+    return torch2xp(means)
