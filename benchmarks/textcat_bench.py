@@ -22,7 +22,10 @@ Models (``--models``, comma-separated):
 
 Every model trains in its own subprocess (so its peak RSS is its own) with
 the same optimizer (spaCy's default Adam), batch size, dropout and budget
-(``--seconds`` of update time, or ``--epochs``). Prints one JSON object:
+(``--seconds`` of update time, or ``--epochs``). The first ``--warmup-steps``
+updates train but are not timed; the rest are timed ``--time-block`` at a
+time (one GPU synchronisation per block), and inference repeats whole passes
+over the test set for ``--infer-seconds``. Prints one JSON object:
 per model, training and inference words/s, test accuracy and macro F,
 peak RSS, and for the spacy-rnn models on CPU the int8 (``quantize``)
 inference speed and accuracy, with the int8/float32 speed ratio.
@@ -141,6 +144,13 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=32, help="training batch size (docs)")
     p.add_argument("--infer-batch-size", type=int, default=256)
     p.add_argument("--dropout", type=float, default=0.2)
+    p.add_argument("--warmup-steps", type=int, default=3,
+                   help="first updates that train but are not timed (kernel compilation, "
+                        "allocator and cuDNN warm-up)")
+    p.add_argument("--time-block", type=int, default=10,
+                   help="updates timed together, one GPU synchronisation per block")
+    p.add_argument("--infer-seconds", type=float, default=2.0,
+                   help="repeat the inference pass over the test set until this much time")
     p.add_argument("--gpu-allocator", choices=["pytorch", "cupy"], default="pytorch",
                    help="with --gpu-id: Thinc's CuPy arrays from PyTorch's allocator (gpu_peak_mb "
                         "then counts every model in full) or from CuPy's own pool (spaCy's "
@@ -259,15 +269,35 @@ def run_child(args):
     steps = 0
     losses = {}
     done = False
+    # The first --warmup-steps updates train but are not timed: on a fresh
+    # GPU machine they include CuPy compiling its kernels, which halved one
+    # model's words/s in a 20 s run (session 10). Then updates are timed
+    # --time-block at a time, with one GPU synchronisation per block, so the
+    # host may queue a step while the GPU finishes the last (as in `spacy
+    # train`); a synchronisation around every update made GPU steps ~40 ms
+    # where the same steps took 21-25 ms unsynchronised.
+    block = None  # (start time, updates, words) of the open timed block
+
+    def close_block():
+        nonlocal block, train_time, train_words
+        if block is not None:
+            train_time += _common.timer(device) - block[0]
+            train_words += block[2]
+            block = None
+
     while not done:
         rng.shuffle(train)
         batches = list(minibatch(train, size=args.batch_size))
         for i, batch in enumerate(batches):
-            start = _common.timer(device)
+            timed = steps >= args.warmup_steps
+            if timed and block is None:
+                block = (_common.timer(device), 0, 0)
             nlp.update(batch, drop=args.dropout, sgd=optimizer, losses=losses)
-            train_time += _common.timer(device) - start
-            train_words += sum(len(eg.predicted) for eg in batch)
             steps += 1
+            if timed:
+                block = (block[0], block[1] + 1, block[2] + sum(len(eg.predicted) for eg in batch))
+                if block[1] >= args.time_block:
+                    close_block()
             if not args.epochs and train_time >= args.seconds:
                 epochs += (i + 1) / len(batches)
                 done = True
@@ -275,13 +305,21 @@ def run_child(args):
         else:
             epochs += 1
             done = bool(args.epochs) and epochs >= args.epochs
+    close_block()
 
     texts = [eg.reference.text for eg in test]
     list(nlp.pipe(texts[: args.infer_batch_size], batch_size=args.infer_batch_size))
-    start = _common.timer(device)
-    docs = list(nlp.pipe(texts, batch_size=args.infer_batch_size))
-    infer_time = _common.timer(device) - start
-    infer_words = sum(len(doc) for doc in docs)
+    # Whole passes over the test set until --infer-seconds have gone by: one
+    # pass of 400 docs on a GPU is a few tenths of a second, too short to time.
+    infer_time = 0.0
+    infer_words = 0
+    infer_passes = 0
+    while infer_passes == 0 or infer_time < args.infer_seconds:
+        start = _common.timer(device)
+        docs = list(nlp.pipe(texts, batch_size=args.infer_batch_size))
+        infer_time += _common.timer(device) - start
+        infer_words += sum(len(doc) for doc in docs)
+        infer_passes += 1
     scored = [Example(doc, eg.reference) for doc, eg in zip(docs, test)]
     scores = Scorer.score_cats(scored, "cats", labels=list(LABELS), multi_label=False)
     acc = _accuracy([d.cats for d in docs], test)
@@ -292,9 +330,12 @@ def run_child(args):
         "test_docs": len(test),
         "epochs": round(epochs, 3),
         "steps": steps,
+        "warmup_steps": min(steps, args.warmup_steps),
+        "time_block": args.time_block,
+        "infer_passes": infer_passes,
         "final_loss": float(sum(losses.values())),
         "train_seconds": train_time,
-        "train_words_per_s": train_words / train_time,
+        "train_words_per_s": train_words / train_time if train_time else None,
         "infer_words_per_s": infer_words / infer_time,
         "accuracy": acc,
         "macro_f": scores["cats_score"],

@@ -71,6 +71,10 @@ def test_textcat_bench(corpus):
         assert 0.0 <= s["accuracy"] <= 1.0
     assert r["summary"]["rnn_bilstm"]["int8_vs_float32_infer_ratio"] > 0
     assert r["summary"]["bow"]["int8_vs_float32_infer_ratio"] is None
+    for model in r["models"].values():
+        # Warm-up updates train but are not timed; timed ones come in blocks.
+        assert model["warmup_steps"] == 3 and model["steps"] >= 3 + 1
+        assert model["time_block"] == 10 and model["infer_passes"] >= 1
 
 
 @pytest.mark.parametrize(
@@ -105,6 +109,21 @@ def test_profile_textcat():
     for phase in ("train", "infer"):
         assert r[phase]["top_own_time"]
         assert "own_time_by_library" in r[phase]
+
+
+def test_profile_textcat_torch_profiler():
+    r = run_script(
+        "profile_textcat.py", "--torch-profiler", "--data", REVIEWS, "--max-docs", 40,
+        "--steps", 2, "--batch-size", 8, "--infer-docs", 20, "--top", 3,
+        "--models", "rnn_bilstm,torch_bilstm", "--rnn-bucket-overhead", 0,
+    )
+    assert r["benchmark"] == "profile_textcat_operators" and r["rnn_bucket_overhead"] == 0
+    assert set(r["models"]) == {"rnn_bilstm", "torch_bilstm"}
+    for model in r["models"].values():
+        train, infer = model["train_per_step"], model["infer_per_batch_of_256"]
+        assert train["ms_per_step"] > 0 and train["words_per_s"] > 0
+        assert infer["ms_per_batch"] > 0 and infer["words_per_s"] > 0
+        assert train["aten_ops"] > 0 and train["top_self_cpu"]
 
 
 def test_quantize_bench(corpus):
