@@ -80,20 +80,19 @@ def main(argv=None):
 
     fused = nn.LSTM(W, H, 1, batch_first=True, bidirectional=True).to(device)
 
-    def padded_index(lengths):
+    def valid_mask(lengths):
         lengths_np = numpy.asarray(lengths)
-        starts = numpy.concatenate([[0], numpy.cumsum(lengths_np)[:-1]])
-        T = int(lengths_np.max())
-        steps = numpy.arange(T)
+        steps = numpy.arange(int(lengths_np.max()))
         valid = steps[None, :] < lengths_np[:, None]
-        gather = numpy.where(valid, starts[:, None] + steps[None, :], lengths_np.sum())
-        return (torch.as_tensor(gather, device=device),
-                torch.as_tensor(valid.reshape(-1), device=device))
+        return torch.as_tensor(valid.reshape(-1), device=device)
 
     def run_fused(flat, lengths, packed):
-        gather, valid = padded_index(lengths)
-        padded_flat = torch.cat([flat, flat.new_zeros((1, W))])
-        X = padded_flat[gather]
+        valid = valid_mask(lengths)
+        # pad_sequence, as a plain PyTorch user would pad. Before session 10
+        # this was `padded_flat[gather]`, whose backward on CUDA sorts the
+        # index and accumulates every padding position into one row (the
+        # cost that _GatherRows removed from RNNStack).
+        X = nn.utils.rnn.pad_sequence(torch.split(flat, lengths), batch_first=True)
         if packed:
             seq = nn.utils.rnn.pack_padded_sequence(
                 X, torch.as_tensor(lengths), batch_first=True, enforce_sorted=False)
