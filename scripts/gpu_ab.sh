@@ -11,7 +11,9 @@
 # gpu, new), textcat (textcat_bench: rnn_bilstm base, then TEXTCAT_MODELS
 # new), textcat_ops (profile_textcat --torch-profiler: base, new),
 # textcat_ab (textcat_bench, two alternating rounds: rnn_bilstm base, then
-# rnn_bilstm and torch_bilstm new), encoder (encoder_speed, new), host (profile_lm --host-overhead,
+# rnn_bilstm and torch_bilstm new), encoder (encoder_speed, new), buckets
+# (encoder_speed over bucket costs 0-256 and profile_textcat at 0, 16 and 64,
+# new: 4 files), host (profile_lm --host-overhead,
 # base then new: nlp.update vs the component vs the plain loop), clip
 # (lm_throughput with Thinc's per-tensor clipping, new), nograph
 # (lm_throughput with rnn_lm's cuda_graphs off, new), torchgraph
@@ -99,6 +101,18 @@ for step in $STEPS; do
     encoder)
       PYTHONPATH=$NEW timeout 60 python3 benchmarks/encoder_speed.py --data shared/amazon/reviews.jsonl \
         --max-reviews 500 --seconds 3 --gpu-id 0 > "$OUT/encoder_speed.json" 2>> "$OUT/stderr.log" ;;
+    buckets)
+      # Re-tuning CUDA_BUCKET_OVERHEAD: the encoder alone over more bucket
+      # costs, then whole textcat steps and inference at three of them.
+      PYTHONPATH=$NEW timeout 90 python3 benchmarks/encoder_speed.py --data shared/amazon/reviews.jsonl \
+        --max-reviews 500 --seconds 3 --gpu-id 0 --overheads 0,16,32,64,128,256 \
+        > "$OUT/encoder_buckets.json" 2>> "$OUT/stderr.log"
+      for bo in 0 16 64; do
+        PYTHONPATH=$NEW timeout 60 python3 benchmarks/profile_textcat.py --torch-profiler \
+          --data shared/amazon/reviews.jsonl --max-docs 200 --steps 20 --infer-docs 200 --top 5 \
+          --gpu-id 0 --models rnn_bilstm --rnn-bucket-overhead $bo > "$OUT/textcat_ops_bo$bo.json" \
+          2>> "$OUT/stderr.log"
+      done ;;
   esac
   log "end $step"
 done
