@@ -283,6 +283,7 @@ class SpacyRNNSide:
         tokens = 0
         spent = 0.0
         losses = {}
+        updates = 0
         while spent < seconds:
             # Doc creation is the reader's job, outside the timed updates. A
             # chunk of batches is read first and its updates are timed
@@ -294,7 +295,9 @@ class SpacyRNNSide:
                 self.nlp.update(batch, sgd=self.optimizer, losses=losses)
             spent += _common.timer(self.device) - start
             tokens += sum(len(eg.predicted) for batch in chunk for eg in batch)
-        self.last_loss = losses.get("rnn_lm")
+            updates += len(chunk)
+        # Mean training loss per token over the round's updates.
+        self.last_loss = losses.get("rnn_lm", 0.0) / max(1, updates)
         return tokens, spent
 
     def evaluate(self, tokens):
@@ -340,6 +343,10 @@ def main(argv=None):
     # Minor page faults per step: large buffers handed back to the kernel
     # and faulted in again (see --keep-freed-memory).
     round_faults = {name: [] for name in sides}
+    # Training loss at the end of each round (rnn_lm: the round's mean; the
+    # plain loop: its last batch's), so a run that ends with a poor
+    # perplexity shows whether and when it diverged.
+    round_losses = {name: [] for name in sides}
     step_tokens = SIZES["n_streams"] * SIZES["bptt"]
     for _ in range(max(1, args.rounds)):
         for name, side in sides.items():
@@ -350,6 +357,8 @@ def main(argv=None):
             train[name][1] += t
             round_rates[name].append(n / t)
             round_faults[name].append(round(faults / max(1.0, n / step_tokens)))
+            loss = getattr(side, "last_loss", None)
+            round_losses[name].append(None if loss is None else round(float(loss), 4))
     # Evaluation also alternates; the fastest pass of each side counts.
     evals = {}
     for _ in range(max(1, args.rounds)):
@@ -374,6 +383,7 @@ def main(argv=None):
         "rnn_lm_steps_per_timing": STEPS_PER_TIMING,
         "train_seconds_each": {k: v[1] for k, v in train.items()},
         "minor_page_faults_per_step_per_round": round_faults,
+        "train_loss_per_round": round_losses,
         "train_tokens_each": {k: v[0] for k, v in train.items()},
         "eval_tokens": evals["torch"][0],
         "spacy_rnn_train_tokens_per_s": rate(train, "spacy_rnn"),
