@@ -357,8 +357,7 @@ def main(argv=None):
             train[name][1] += t
             round_rates[name].append(n / t)
             round_faults[name].append(round(faults / max(1.0, n / step_tokens)))
-            loss = getattr(side, "last_loss", None)
-            round_losses[name].append(None if loss is None else round(float(loss), 4))
+            round_losses[name].append(round(float(side.last_loss), 4))
     # Evaluation also alternates; the fastest pass of each side counts.
     evals = {}
     for _ in range(max(1, args.rounds)):

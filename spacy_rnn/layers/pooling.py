@@ -105,13 +105,14 @@ def _segment_means(flat, lengths: List[int]):
     # sums along each column are parallel; float64 keeps the difference of
     # two long prefix sums as exact as a float32 sum of the doc alone.
     X = xp2torch(flat)
-    ends = numpy.cumsum(numpy.asarray(lengths, dtype="int64"))
-    starts = ends - numpy.asarray(lengths, dtype="int64")
+    lengths_np = numpy.asarray(lengths, dtype="int64")
+    ends = numpy.cumsum(lengths_np)
+    starts = ends - lengths_np
     sums = torch.cumsum(X.t().to(torch.float64).contiguous(), dim=1)
     sums = torch.cat([sums.new_zeros((sums.shape[0], 1)), sums], dim=1)
     per_doc = sums.index_select(1, to_device(ends, X.device)) - sums.index_select(
         1, to_device(starts, X.device)
     )
-    counts = to_device(numpy.maximum(numpy.asarray(lengths), 1).astype("float64"), X.device)
+    counts = to_device(numpy.maximum(lengths_np, 1).astype("float64"), X.device)
     means = (per_doc / counts).t().to(X.dtype).contiguous()
     return torch2xp(means)
