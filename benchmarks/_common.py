@@ -31,6 +31,28 @@ def add_common_args(parser) -> None:
                              "no page faults from large per-step buffers")
 
 
+def add_gemm_arg(parser) -> None:
+    parser.add_argument("--gemm", choices=["blis", "torch", "numpy"], default="blis",
+                        help="what runs Thinc's CPU matrix products in every model: "
+                             "Thinc's default BLIS, PyTorch (spacy_rnn.torch_gemm.v1) "
+                             "or numpy's BLAS (NumpyOps(use_blis=False))")
+
+
+def apply_gemm(nlp, args) -> int:
+    """Switch the pipeline's plain ``NumpyOps`` layers to ``--gemm``'s
+    backend; the number of layers switched (0 for "blis")."""
+    gemm = getattr(args, "gemm", "blis")
+    if gemm == "blis":
+        return 0
+    from thinc.api import NumpyOps
+
+    from spacy_rnn.optimization.torch_gemm import replace_numpy_ops, use_torch_gemm
+
+    if gemm == "torch":
+        return use_torch_gemm(nlp)
+    return replace_numpy_ops(nlp, NumpyOps(use_blis=False))
+
+
 # Whether setup_threads applied spacy_rnn.keep_freed_memory (for machine_info).
 _HEAP = {"keep_freed_memory": False}
 

@@ -62,6 +62,7 @@ def parse_args(argv=None):
     p.add_argument("--rnn-bucket-overhead", type=float, default=None,
                    help="override RNNStack.bucket_overhead (--torch-profiler)")
     _common.add_common_args(p)
+    _common.add_gemm_arg(p)
     return p.parse_args(argv)
 
 
@@ -152,6 +153,7 @@ def main(argv=None):
     model["tok2vec"]["encode"]["cell"] = args.cell
     nlp = spacy.blank("en")
     textcat = nlp.add_pipe("rnn_textcat", config={"model": model})
+    _common.apply_gemm(nlp, args)
     rows = _common.read_review_texts(args.data, args.max_docs)
     examples = []
     for row, doc in zip(rows, nlp.tokenizer.pipe(r["full_text"] for r in rows)):
@@ -196,6 +198,7 @@ def main(argv=None):
         **_common.machine_info(threads, device),
         "pooling": args.pooling,
         "cell": args.cell,
+        "gemm": args.gemm,
         "profiler_note": "cProfile adds overhead per Python call; shares matter, not absolute s",
         "train": {"steps": args.steps, "words": words,
                   "words_per_s_under_profiler": words / train["total_s"], **train},
@@ -230,6 +233,7 @@ def compare_operators(args, device):
         nlp = spacy.blank("en")
         nlp.add_pipe(factory, name="textcat", config=config)
         _set_bucket_overhead(nlp, args.rnn_bucket_overhead)
+        _common.apply_gemm(nlp, args)
         examples = []
         for row, doc in zip(rows, nlp.tokenizer.pipe(texts)):
             pos = float(row["label"] == "positive")
@@ -278,6 +282,7 @@ def compare_operators(args, device):
         "batch_size": args.batch_size,
         "infer_docs": args.infer_docs,
         "rnn_bucket_overhead": args.rnn_bucket_overhead,
+        "gemm": args.gemm,
         "models": models,
     }
 

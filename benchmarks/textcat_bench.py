@@ -160,6 +160,7 @@ def parse_args(argv=None):
                    help="skip the int8 measurement of the spacy-rnn models")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     _common.add_common_args(p)
+    _common.add_gemm_arg(p)
     return p.parse_args(argv)
 
 
@@ -210,6 +211,7 @@ def main(argv=None):
         "batch_size": args.batch_size,
         "dropout": args.dropout,
         "max_train": args.max_train,
+        "gemm": args.gemm,
         "models": results,
         "summary": {
             name: {
@@ -256,6 +258,7 @@ def run_child(args):
     factory, config = model_setup(args.child)
     nlp = spacy.blank("en")
     nlp.add_pipe(factory, name="textcat", config=config)
+    gemm_layers = _common.apply_gemm(nlp, args)
     corpus = Path(args.corpus_dir)
     train = list(Corpus(str(corpus / "train.spacy"), limit=args.max_train)(nlp))
     test = list(Corpus(str(corpus / "test.spacy"), limit=args.max_eval)(nlp))
@@ -342,6 +345,7 @@ def run_child(args):
         "peak_rss_mb": _common.peak_rss_mb(),
         "gpu_peak_mb": _common.gpu_peak_mb(device),
         "gpu_allocator": args.gpu_allocator if gpu else None,
+        "gemm_layers_switched": gemm_layers,
     }
     if factory == "rnn_textcat" and not gpu and not args.no_quantize:
         result["int8"] = _int8_inference(nlp, texts, test, args)

@@ -71,10 +71,12 @@ def test_textcat_bench(corpus):
         assert 0.0 <= s["accuracy"] <= 1.0
     assert r["summary"]["rnn_bilstm"]["int8_vs_float32_infer_ratio"] > 0
     assert r["summary"]["bow"]["int8_vs_float32_infer_ratio"] is None
+    assert r["gemm"] == "blis"
     for model in r["models"].values():
         # Warm-up updates train but are not timed; timed ones come in blocks.
         assert model["warmup_steps"] == 3 and model["steps"] >= 3 + 1
         assert model["time_block"] == 10 and model["infer_passes"] >= 1
+        assert model["gemm_layers_switched"] == 0
 
 
 @pytest.mark.parametrize(
@@ -104,8 +106,9 @@ def test_lm_throughput(ptb, extra):
 def test_profile_textcat():
     r = run_script(
         "profile_textcat.py", "--data", REVIEWS, "--max-docs", 40, "--steps", 2,
-        "--batch-size", 8, "--infer-docs", 20, "--top", 5,
+        "--batch-size", 8, "--infer-docs", 20, "--top", 5, "--gemm", "torch",
     )
+    assert r["gemm"] == "torch"
     for phase in ("train", "infer"):
         assert r[phase]["top_own_time"]
         assert "own_time_by_library" in r[phase]
@@ -115,15 +118,27 @@ def test_profile_textcat_torch_profiler():
     r = run_script(
         "profile_textcat.py", "--torch-profiler", "--data", REVIEWS, "--max-docs", 40,
         "--steps", 2, "--batch-size", 8, "--infer-docs", 20, "--top", 3,
-        "--models", "rnn_bilstm,torch_bilstm", "--rnn-bucket-overhead", 0,
+        "--models", "rnn_bilstm,torch_bilstm", "--rnn-bucket-overhead", 0, "--gemm", "numpy",
     )
     assert r["benchmark"] == "profile_textcat_operators" and r["rnn_bucket_overhead"] == 0
+    assert r["gemm"] == "numpy"
     assert set(r["models"]) == {"rnn_bilstm", "torch_bilstm"}
     for model in r["models"].values():
         train, infer = model["train_per_step"], model["infer_per_batch_of_256"]
         assert train["ms_per_step"] > 0 and train["words_per_s"] > 0
         assert infer["ms_per_batch"] > 0 and infer["words_per_s"] > 0
         assert train["aten_ops"] > 0 and train["top_self_cpu"]
+
+
+def test_cpu_gemm():
+    r = run_script("cpu_gemm.py", "--rows", 50, "--n-in", 16, "--n-out", 4, "--repeats", 2)
+    assert r["benchmark"] == "cpu_gemm"
+    for backend in ("blis", "numpy", "torch"):
+        assert set(r["ms"][backend]) == {"forward", "backward_input", "backward_weights"}
+        assert r["ms_per_training_step"][backend] > 0
+    for diffs in r["max_relative_difference_from_blis"].values():
+        assert diffs["torch"] < 1e-5 and diffs["numpy"] < 1e-5
+    assert r["blis_over_torch"] > 0 and r["blis_over_numpy"] > 0
 
 
 def test_quantize_bench(corpus):
