@@ -159,6 +159,10 @@ def test_gemm_falls_back_to_numpy_for_what_torch_cannot_view():
     numpy.testing.assert_allclose(
         ops.gemm(reversed_rows, y.astype("float32")), x[::-1] @ y, rtol=1e-5
     )
+    # A strided out on the fallback path is written in place too.
+    big = numpy.zeros((4, 5))
+    ops.gemm(x, y, out=big[:, 1:3])
+    numpy.testing.assert_allclose(big[:, 1:3], x @ y)
     with pytest.raises(ValueError, match="2-dimensional"):
         ops.gemm(x[0].astype("float32"), y.astype("float32"))
 

@@ -52,7 +52,11 @@ class TorchGemmOps(NumpyOps):
         if not _torch_can_view(x, y, out):
             # Other dtypes, read-only or negatively strided arrays: numpy's
             # own product, which takes any of them.
-            return Ops.gemm(self, x, y, out=out, trans1=trans1, trans2=trans2)
+            product = Ops.gemm(self, x, y, trans1=trans1, trans2=trans2)
+            if out is None:
+                return product
+            out[...] = product
+            return out
         a = torch.from_numpy(x)
         b = torch.from_numpy(y)
         if trans1:
