@@ -15,7 +15,7 @@ backend's results from BLIS's, and ``blis_over_torch`` and
 ``blis_over_numpy`` (above 1: faster than BLIS). The products run alone
 here; in a training step numpy's BLAS also competes with torch's threads
 (see ``spacy_rnn/optimization/torch_gemm.py``), so the end-to-end figure is
-``textcat_bench.py --torch-gemm``.
+``textcat_bench.py --gemm torch``.
 """
 import argparse
 import statistics
