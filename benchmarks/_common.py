@@ -53,6 +53,35 @@ def apply_gemm(nlp, args) -> int:
     return replace_numpy_ops(nlp, NumpyOps(use_blis=False))
 
 
+def add_gru_kernel_arg(parser) -> None:
+    parser.add_argument("--gru-kernel", choices=["fused", "torch"], default="fused",
+                        help="what runs spacy-rnn's GRU layers on the CPU: its fused loop "
+                             "(spacy_rnn/torch_modules/fused_gru.py, the default) or nn.GRU")
+
+
+def apply_gru_kernel(nlp, args) -> int:
+    """Set ``fused_cpu_gru`` on every ``RNNStack`` in the pipeline's models
+    from ``--gru-kernel``; the number of stacks found."""
+    from spacy_rnn.torch_modules.rnn_stack import RNNStack
+
+    fused = getattr(args, "gru_kernel", "fused") == "fused"
+    stacks = 0
+    for _, pipe in nlp.pipeline:
+        model = getattr(pipe, "model", None)
+        if model is None:
+            continue
+        for node in model.walk():
+            for shim in node.shims:
+                module = getattr(shim, "_model", None)
+                if not hasattr(module, "modules"):
+                    continue
+                for sub in module.modules():
+                    if isinstance(sub, RNNStack):
+                        sub.fused_cpu_gru = fused
+                        stacks += 1
+    return stacks
+
+
 # Whether setup_threads applied spacy_rnn.keep_freed_memory (for machine_info).
 _HEAP = {"keep_freed_memory": False}
 

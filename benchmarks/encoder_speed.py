@@ -1,12 +1,16 @@
-"""Forward+backward speed of exact and inexact BiLSTM encodings of
-variable-length batches, on Amazon-review lengths.
+"""Forward+backward speed of exact and inexact BiLSTM (or BiGRU) encodings
+of variable-length batches, on Amazon-review lengths.
 
     python benchmarks/encoder_speed.py --seconds 10 --threads 2
+    python benchmarks/encoder_speed.py --cell gru --gru-kernel torch
+
+With ``--cell gru`` every method runs GRUs (``RNNStack`` on the CPU through
+its fused loop unless ``--gru-kernel torch``).
 
 Compares, on the same sequence of batches (32 docs with lengths sampled from
 the real reviews, fresh shapes every batch):
 
-* ``padded_fused``: one bidirectional ``nn.LSTM`` over the zero-padded batch,
+* ``padded_fused``: one bidirectional ``nn.LSTM`` (``nn.GRU``) over the zero-padded batch,
   as spaCy's ``TorchBiLSTMEncoder.v1`` does; its backward direction reads the
   padding, so it is not exact;
 * ``pack_padded``: the same module over ``pack_padded_sequence`` (exact);
@@ -42,6 +46,8 @@ def parse_args(argv=None):
                    help="bucket_overhead values for the 'reverse' method")
     p.add_argument("--max-length", type=int, default=0,
                    help="clip lengths (0: keep the real ones)")
+    p.add_argument("--cell", choices=["lstm", "gru"], default="lstm")
+    _common.add_gru_kernel_arg(p)
     _common.add_common_args(p)
     return p.parse_args(argv)
 
@@ -78,7 +84,8 @@ def main(argv=None):
     W = args.width
     H = W // 2
 
-    fused = nn.LSTM(W, H, 1, batch_first=True, bidirectional=True).to(device)
+    torch_rnn = nn.GRU if args.cell == "gru" else nn.LSTM
+    fused = torch_rnn(W, H, 1, batch_first=True, bidirectional=True).to(device)
 
     def valid_mask(lengths):
         lengths_np = numpy.asarray(lengths)
@@ -110,9 +117,11 @@ def main(argv=None):
     }
     stacks = {}
     for bo in overheads:
-        stacks[f"reverse_bo{bo:g}"] = RNNStack(W, W, method="reverse", bucket_overhead=bo)
-    stacks["packed"] = RNNStack(W, W, method="packed", bucket_overhead=0)
+        stacks[f"reverse_bo{bo:g}"] = RNNStack(
+            W, W, cell=args.cell, method="reverse", bucket_overhead=bo)
+    stacks["packed"] = RNNStack(W, W, cell=args.cell, method="packed", bucket_overhead=0)
     for name, stack in stacks.items():
+        stack.fused_cpu_gru = args.gru_kernel == "fused"
         stack.to(device)
         methods[name] = stack
 
@@ -180,7 +189,8 @@ def main(argv=None):
         **_common.machine_info(threads, device),
         "batch_size": args.batch_size,
         "width": W,
-        "cell": "lstm",
+        "cell": args.cell,
+        "gru_kernel": args.gru_kernel if args.cell == "gru" else None,
         "bidirectional": True,
         "length_pool_size": len(pool),
         "mean_length": float(numpy.mean(pool)),

@@ -161,6 +161,7 @@ def parse_args(argv=None):
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     _common.add_common_args(p)
     _common.add_gemm_arg(p)
+    _common.add_gru_kernel_arg(p)
     return p.parse_args(argv)
 
 
@@ -212,6 +213,7 @@ def main(argv=None):
         "dropout": args.dropout,
         "max_train": args.max_train,
         "gemm": args.gemm,
+        "gru_kernel": args.gru_kernel,
         "models": results,
         "summary": {
             name: {
@@ -259,6 +261,7 @@ def run_child(args):
     nlp = spacy.blank("en")
     nlp.add_pipe(factory, name="textcat", config=config)
     gemm_layers = _common.apply_gemm(nlp, args)
+    rnn_stacks = _common.apply_gru_kernel(nlp, args)
     corpus = Path(args.corpus_dir)
     train = list(Corpus(str(corpus / "train.spacy"), limit=args.max_train)(nlp))
     test = list(Corpus(str(corpus / "test.spacy"), limit=args.max_eval)(nlp))
@@ -346,6 +349,7 @@ def run_child(args):
         "gpu_peak_mb": _common.gpu_peak_mb(device),
         "gpu_allocator": args.gpu_allocator if gpu else None,
         "gemm_layers_switched": gemm_layers,
+        "rnn_stacks": rnn_stacks,
     }
     if factory == "rnn_textcat" and not gpu and not args.no_quantize:
         result["int8"] = _int8_inference(nlp, texts, test, args)

@@ -24,6 +24,7 @@ import numpy
 import torch
 from torch import nn
 
+from .fused_gru import fused_gru, fused_gru_applies, fused_gru_directions
 from .transfer import to_device
 
 CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
@@ -79,6 +80,12 @@ class RNNStack(nn.Module):
         carrying the state across chunks: the same outputs, with memory for
         the recurrent kernels bounded by the chunk. 0 disables chunking. Not
         part of the saved state; change it on a loaded module freely.
+
+    GRU layers on the CPU run ``fused_gru`` (a hand-written backward pass,
+    both directions of a layer in one loop) wherever it applies and is
+    faster: in training, and for two directions in inference. The outputs
+    are ``nn.GRU``'s up to rounding. Set the attribute ``fused_cpu_gru`` to
+    False to run ``nn.GRU`` throughout (it is not part of the saved state).
     """
 
     def __init__(
@@ -124,6 +131,7 @@ class RNNStack(nn.Module):
                 f"steps, got {inference_chunk}"
             )
         self.inference_chunk = int(inference_chunk)
+        self.fused_cpu_gru = True
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.depth = depth
@@ -302,11 +310,22 @@ class RNNStack(nn.Module):
             reverse_index = _reverse_index(lengths, X.shape[1], X.device)
         X = self._drop(X, self.input_dropout)
         for i in range(self.depth):
-            Y = self._run_direction(self.fwd[i], X, lengths, method)
             if self.bidirectional:
                 X_rev = _reverse_within(X, reverse_index)
-                Y_rev = self._run_direction(self.bwd[i], X_rev, lengths, method)
+                if method != "packed" and self._fuse_gru(self.fwd[i], X, both=True):
+                    # Both directions in one loop: the loop's cost is mostly
+                    # per op, not per row.
+                    (Y, Y_rev), _ = fused_gru_directions(
+                        [X, X_rev],
+                        [None, None],
+                        [self._gru_weights(self.fwd[i]), self._gru_weights(self.bwd[i])],
+                    )
+                else:
+                    Y = self._run_direction(self.fwd[i], X, lengths, method)
+                    Y_rev = self._run_direction(self.bwd[i], X_rev, lengths, method)
                 Y = torch.cat([Y, _reverse_within(Y_rev, reverse_index)], dim=-1)
+            else:
+                Y = self._run_direction(self.fwd[i], X, lengths, method)
             X = self._after_layer(i, X, Y)
         return self._drop(X, self.output_dropout)
 
@@ -399,7 +418,24 @@ class RNNStack(nn.Module):
         Y, _ = self._call_rnn(rnn, X)
         return Y
 
+    def _fuse_gru(self, rnn, X, both: bool = False) -> bool:
+        # One direction alone is only faster than nn.GRU with autograd on:
+        # nn.GRU's inference loop runs in C++ with fewer ops per step.
+        return (
+            getattr(self, "fused_cpu_gru", True)
+            and fused_gru_applies(rnn, X)
+            and (both or torch.is_grad_enabled())
+        )
+
+    def _gru_weights(self, rnn) -> List[torch.Tensor]:
+        weights = [rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0]
+        if self.training and self.weight_drop > 0:
+            weights[1] = nn.functional.dropout(weights[1], p=self.weight_drop, training=True)
+        return weights
+
     def _call_rnn(self, rnn, X, hx=None):
+        if self._fuse_gru(rnn, X):
+            return fused_gru(X, hx, self._gru_weights(rnn))
         if not (self.training and self.weight_drop > 0):
             return rnn(X, hx)
         # Run the module on a weight list holding a dropped copy of the

@@ -1,0 +1,251 @@
+"""The CPU GRU with a hand-written backward pass against nn.GRU."""
+import pytest
+import torch
+from torch import nn
+
+from spacy_rnn.torch_modules import rnn_stack
+from spacy_rnn.torch_modules.fused_gru import (
+    _FusedGRU,
+    fused_gru,
+    fused_gru_applies,
+    fused_gru_directions,
+)
+from spacy_rnn.torch_modules.rnn_stack import RNNStack
+
+TOLERANCE = {torch.float64: (1e-12, 1e-10), torch.float32: (1e-6, 5e-5)}
+
+
+def _loss_and_grads(outputs, states, weights_y, weights_h, inputs):
+    loss = sum((Y * w).sum() for Y, w in zip(outputs, weights_y))
+    loss = loss + sum((h * v).sum() for h, v in zip(states, weights_h))
+    return [g if g is not None else torch.zeros_like(x) for g, x in zip(
+        torch.autograd.grad(loss, inputs, allow_unused=True), inputs
+    )]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("shape", [(3, 5, 4, 6), (1, 1, 3, 2), (8, 40, 16, 12)])
+@pytest.mark.parametrize("n_dirs", [1, 2])
+def test_outputs_and_gradients_match_nn_gru(dtype, shape, n_dirs):
+    B, T, I, H = shape
+    torch.manual_seed(sum(shape) + n_dirs)
+    grus = [nn.GRU(I, H, batch_first=True).to(dtype) for _ in range(n_dirs)]
+    Xs = [torch.randn(B, T, I, dtype=dtype, requires_grad=True) for _ in range(n_dirs)]
+    # The first GRU starts from a given state (as in stream mode), the
+    # second from zeros.
+    h0s = [torch.randn(1, B, H, dtype=dtype, requires_grad=True)] + [None] * (n_dirs - 1)
+    w_y = [torch.randn(B, T, H, dtype=dtype) for _ in range(n_dirs)]
+    w_h = [torch.randn(1, B, H, dtype=dtype) for _ in range(n_dirs)]
+    inputs = Xs + [h0s[0]] + [p for g in grus for p in g.parameters()]
+
+    expected = [g(X, h0) for g, X, h0 in zip(grus, Xs, h0s)]
+    grads_expected = _loss_and_grads(
+        [y for y, _ in expected], [h for _, h in expected], w_y, w_h, inputs
+    )
+    if n_dirs == 1:
+        Y, h = fused_gru(Xs[0], h0s[0], grus[0]._flat_weights)
+        Ys, hs = [Y], [h]
+    else:
+        Ys, hs = fused_gru_directions(Xs, h0s, [g._flat_weights for g in grus])
+    grads = _loss_and_grads(Ys, hs, w_y, w_h, inputs)
+
+    atol_y, atol_g = TOLERANCE[dtype]
+    for (y_exp, h_exp), y, h in zip(expected, Ys, hs):
+        assert y.shape == y_exp.shape and h.shape == h_exp.shape
+        assert torch.allclose(y, y_exp, atol=atol_y, rtol=0)
+        assert torch.allclose(h, h_exp, atol=atol_y, rtol=0)
+    for g, g_exp in zip(grads, grads_expected):
+        assert torch.allclose(g, g_exp, atol=atol_g, rtol=0)
+
+
+def test_gradcheck_two_directions():
+    torch.manual_seed(0)
+    gru = nn.GRU(3, 4, batch_first=True).double()
+    X = torch.randn(2, 2, 6, 3, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(2, 2, 4, dtype=torch.float64, requires_grad=True)
+    weights = tuple(
+        torch.stack([p.detach(), p.detach() * 0.5]).requires_grad_()
+        for p in gru._flat_weights
+    )
+    assert torch.autograd.gradcheck(
+        lambda X, h0, *w: _FusedGRU.apply(X, h0, *w, True), (X, h0) + weights
+    )
+
+
+def test_inference_matches_without_saving():
+    torch.manual_seed(0)
+    grus = [nn.GRU(5, 4, batch_first=True) for _ in range(2)]
+    Xs = [torch.randn(3, 9, 5) for _ in range(2)]
+    with torch.no_grad():
+        Ys, hs = fused_gru_directions(Xs, [None, None], [g._flat_weights for g in grus])
+        for g, X, Y, h in zip(grus, Xs, Ys, hs):
+            Y_exp, h_exp = g(X)
+            assert torch.allclose(Y, Y_exp, atol=1e-6)
+            assert torch.allclose(h, h_exp, atol=1e-6)
+    assert not Ys[0].requires_grad
+
+
+def test_zero_length_input():
+    gru = nn.GRU(3, 4, batch_first=True)
+    h0 = torch.randn(1, 2, 4)
+    Y, h = fused_gru(torch.zeros(2, 0, 3), h0, gru._flat_weights)
+    assert Y.shape == (2, 0, 4)
+    assert torch.equal(h, h0)
+
+
+def test_applies_only_where_it_can():
+    X = torch.randn(2, 3, 4)
+    assert fused_gru_applies(nn.GRU(4, 5, batch_first=True), X)
+    assert not fused_gru_applies(nn.LSTM(4, 5, batch_first=True), X)
+    assert not fused_gru_applies(nn.GRU(4, 5, batch_first=False), X)
+    assert not fused_gru_applies(nn.GRU(4, 5, num_layers=2, batch_first=True), X)
+    assert not fused_gru_applies(nn.GRU(4, 5, bidirectional=True, batch_first=True), X)
+    assert not fused_gru_applies(nn.GRU(4, 5, bias=False, batch_first=True), X)
+    assert not fused_gru_applies(nn.GRU(4, 5, batch_first=True), X.half())
+    packed = nn.utils.rnn.pack_padded_sequence(X, [3, 2], batch_first=True)
+    assert not fused_gru_applies(nn.GRU(4, 5, batch_first=True), packed)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not fused_gru_applies(nn.GRU(4, 5, batch_first=True), X)
+
+
+def _pair(**kwargs):
+    torch.manual_seed(0)
+    fused = RNNStack(6, 8, cell="gru", **kwargs)
+    plain = RNNStack(6, 8, cell="gru", **kwargs)
+    plain.load_state_dict(fused.state_dict())
+    plain.fused_cpu_gru = False
+    return fused, plain
+
+
+@pytest.mark.parametrize("bidirectional", [True, False])
+@pytest.mark.parametrize("depth", [1, 2])
+def test_rnn_stack_training_matches_nn_gru(bidirectional, depth):
+    fused, plain = _pair(bidirectional=bidirectional, depth=depth, residual=True)
+    lengths = [7, 0, 1, 12, 3, 3]
+    flat = torch.randn(sum(lengths), 6)
+    target = torch.randn(sum(lengths), 8)
+    results = []
+    for module in (fused, plain):
+        module.train()
+        x = flat.clone().requires_grad_()
+        out = module(x, lengths)
+        (out * target).sum().backward()
+        results.append((out.detach(), x.grad, [p.grad for p in module.parameters()]))
+    (out_f, dx_f, dp_f), (out_p, dx_p, dp_p) = results
+    assert torch.allclose(out_f, out_p, atol=1e-6)
+    assert torch.allclose(dx_f, dx_p, atol=1e-5)
+    for a, b in zip(dp_f, dp_p):
+        assert torch.allclose(a, b, atol=1e-4)
+
+
+def test_rnn_stack_weight_drop_draws_the_same_masks():
+    # The fused path drops each direction's recurrent matrix in the same
+    # order as nn.GRU's path, so a seed gives the same masks and outputs.
+    fused, plain = _pair(bidirectional=True, depth=2, weight_drop=0.5, dropout=0.3)
+    lengths = [5, 9, 2]
+    flat = torch.randn(sum(lengths), 6)
+    outs = []
+    for module in (fused, plain):
+        module.train()
+        torch.manual_seed(7)
+        out = module(flat, lengths)
+        out.sum().backward()
+        outs.append((out.detach(), module.fwd[0].weight_hh_l0.grad))
+    assert torch.allclose(outs[0][0], outs[1][0], atol=1e-6)
+    assert torch.allclose(outs[0][1], outs[1][1], atol=1e-4)
+    # Dropped weights are a copy: the parameters never change in place.
+    assert torch.equal(fused.fwd[0].weight_hh_l0, plain.fwd[0].weight_hh_l0)
+
+
+def test_rnn_stack_uses_the_fused_loop_where_it_should(monkeypatch):
+    calls = []
+    real = rnn_stack.fused_gru_directions
+
+    def counting(Xs, h0s, weights):
+        calls.append(len(Xs))
+        return real(Xs, h0s, weights)
+
+    def counting_one(X, h0, weights):
+        (Y,), (h,) = counting([X], [h0], [weights])
+        return Y, h
+
+    monkeypatch.setattr(rnn_stack, "fused_gru_directions", counting)
+    monkeypatch.setattr(rnn_stack, "fused_gru", counting_one)
+    lengths = [4, 2]
+    flat = torch.randn(6, 6)
+    bi, _ = _pair(bidirectional=True)
+    uni, _ = _pair(bidirectional=False)
+    bi.train()(flat, lengths)
+    uni.train()(flat, lengths)
+    assert calls == [2, 1]
+    calls.clear()
+    # Inference: both directions are fused, one direction alone is not
+    # (nn.GRU's own loop is faster there).
+    with torch.no_grad():
+        bi.eval()(flat, lengths)
+        uni.eval()(flat, lengths)
+    assert calls == [2]
+    calls.clear()
+    bi.fused_cpu_gru = False
+    uni.fused_cpu_gru = False
+    bi.train()(flat, lengths)
+    uni.train()(flat, lengths)
+    assert calls == []
+    # LSTMs and packed sequences keep PyTorch's kernels.
+    RNNStack(6, 8, cell="lstm").train()(flat, lengths)
+    RNNStack(6, 8, cell="gru", method="packed").train()(flat, lengths)
+    assert calls == []
+
+
+def test_stream_mode_carries_state_through_the_fused_loop():
+    fused, plain = _pair(bidirectional=False, depth=2)
+    X = torch.randn(3, 10, 6)
+    for module in (fused, plain):
+        module.train()
+    y_f, state_f = fused.forward_stream(X[:, :4])
+    y_p, state_p = plain.forward_stream(X[:, :4])
+    y_f2, _ = fused.forward_stream(X[:, 4:], [s.detach() for s in state_f])
+    y_p2, _ = plain.forward_stream(X[:, 4:], [s.detach() for s in state_p])
+    assert torch.allclose(y_f, y_p, atol=1e-6)
+    assert torch.allclose(y_f2, y_p2, atol=1e-6)
+    for a, b in zip(state_f, state_p):
+        assert a.shape == b.shape == (1, 3, 8)
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_gru_stack_learns_to_count():
+    # Loss goes down and the task is learnt: after training, the last
+    # output of each sequence tells sequences with more ones than zeros.
+    torch.manual_seed(0)
+    module = RNNStack(2, 16, cell="gru", bidirectional=True)
+    head = nn.Linear(16, 2)
+    optimizer = torch.optim.Adam(list(module.parameters()) + list(head.parameters()), lr=0.02)
+
+    def batch(n):
+        lengths = torch.randint(3, 12, (n,)).tolist()
+        bits = [torch.randint(0, 2, (length,)) for length in lengths]
+        flat = torch.cat([nn.functional.one_hot(b, 2).float() for b in bits])
+        labels = torch.tensor([int(b.sum() * 2 > len(b)) for b in bits])
+        return flat, lengths, labels
+
+    def logits(flat, lengths):
+        out = module(flat, lengths)
+        ends = torch.tensor(lengths).cumsum(0) - 1
+        starts = torch.tensor([0] + lengths[:-1]).cumsum(0)
+        pooled = torch.cat([out[ends, :8], out[starts, 8:]], dim=-1)
+        return head(pooled)
+
+    losses = []
+    for _ in range(150):
+        flat, lengths, labels = batch(32)
+        loss = nn.functional.cross_entropy(logits(flat, lengths), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert sum(losses[-10:]) < 0.5 * sum(losses[:10])
+    module.eval()
+    with torch.no_grad():
+        flat, lengths, labels = batch(200)
+        accuracy = (logits(flat, lengths).argmax(-1) == labels).float().mean().item()
+    assert accuracy > 0.9
