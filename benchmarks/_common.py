@@ -53,18 +53,19 @@ def apply_gemm(nlp, args) -> int:
     return replace_numpy_ops(nlp, NumpyOps(use_blis=False))
 
 
-def add_gru_kernel_arg(parser) -> None:
-    parser.add_argument("--gru-kernel", choices=["fused", "torch"], default="fused",
-                        help="what runs spacy-rnn's GRU layers on the CPU: its fused loop "
-                             "(spacy_rnn/torch_modules/fused_gru.py, the default) or nn.GRU")
+def add_rnn_kernel_arg(parser) -> None:
+    parser.add_argument("--rnn-kernel", choices=["fused", "torch"], default="fused",
+                        help="what runs spacy-rnn's GRU and Elman RNN layers on the CPU: its "
+                             "fused loops (spacy_rnn/torch_modules/fused_gru.py, fused_elman.py; "
+                             "the default) or nn.GRU / nn.RNN. LSTMs always run PyTorch's kernel")
 
 
-def apply_gru_kernel(nlp, args) -> int:
-    """Set ``fused_cpu_gru`` on every ``RNNStack`` in the pipeline's models
-    from ``--gru-kernel``; the number of stacks found."""
+def apply_rnn_kernel(nlp, args) -> int:
+    """Set ``fused_cpu_kernels`` on every ``RNNStack`` in the pipeline's models
+    from ``--rnn-kernel``; the number of stacks found."""
     from spacy_rnn.torch_modules.rnn_stack import RNNStack
 
-    fused = getattr(args, "gru_kernel", "fused") == "fused"
+    fused = getattr(args, "rnn_kernel", "fused") == "fused"
     stacks = 0
     for _, pipe in nlp.pipeline:
         model = getattr(pipe, "model", None)
@@ -77,7 +78,7 @@ def apply_gru_kernel(nlp, args) -> int:
                     continue
                 for sub in module.modules():
                     if isinstance(sub, RNNStack):
-                        sub.fused_cpu_gru = fused
+                        sub.fused_cpu_kernels = fused
                         stacks += 1
     return stacks
 

@@ -2,10 +2,11 @@
 of variable-length batches, on Amazon-review lengths.
 
     python benchmarks/encoder_speed.py --seconds 10 --threads 2
-    python benchmarks/encoder_speed.py --cell gru --gru-kernel torch
+    python benchmarks/encoder_speed.py --cell gru --rnn-kernel torch
 
-With ``--cell gru`` every method runs GRUs (``RNNStack`` on the CPU through
-its fused loop unless ``--gru-kernel torch``).
+With ``--cell gru`` (or ``rnn_tanh``) every method runs GRUs (Elman RNNs);
+``RNNStack`` runs them on the CPU through its fused loops unless
+``--rnn-kernel torch``.
 
 Compares, on the same sequence of batches (32 docs with lengths sampled from
 the real reviews, fresh shapes every batch):
@@ -46,8 +47,8 @@ def parse_args(argv=None):
                    help="bucket_overhead values for the 'reverse' method")
     p.add_argument("--max-length", type=int, default=0,
                    help="clip lengths (0: keep the real ones)")
-    p.add_argument("--cell", choices=["lstm", "gru"], default="lstm")
-    _common.add_gru_kernel_arg(p)
+    p.add_argument("--cell", choices=["lstm", "gru", "rnn_tanh"], default="lstm")
+    _common.add_rnn_kernel_arg(p)
     _common.add_common_args(p)
     return p.parse_args(argv)
 
@@ -84,7 +85,7 @@ def main(argv=None):
     W = args.width
     H = W // 2
 
-    torch_rnn = nn.GRU if args.cell == "gru" else nn.LSTM
+    torch_rnn = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn_tanh": nn.RNN}[args.cell]
     fused = torch_rnn(W, H, 1, batch_first=True, bidirectional=True).to(device)
 
     def valid_mask(lengths):
@@ -121,7 +122,7 @@ def main(argv=None):
             W, W, cell=args.cell, method="reverse", bucket_overhead=bo)
     stacks["packed"] = RNNStack(W, W, cell=args.cell, method="packed", bucket_overhead=0)
     for name, stack in stacks.items():
-        stack.fused_cpu_gru = args.gru_kernel == "fused"
+        stack.fused_cpu_kernels = args.rnn_kernel == "fused"
         stack.to(device)
         methods[name] = stack
 
@@ -190,7 +191,7 @@ def main(argv=None):
         "batch_size": args.batch_size,
         "width": W,
         "cell": args.cell,
-        "gru_kernel": args.gru_kernel if args.cell == "gru" else None,
+        "rnn_kernel": None if args.cell == "lstm" else args.rnn_kernel,
         "bidirectional": True,
         "length_pool_size": len(pool),
         "mean_length": float(numpy.mean(pool)),

@@ -63,7 +63,7 @@ def parse_args(argv=None):
                    help="override RNNStack.bucket_overhead (--torch-profiler)")
     _common.add_common_args(p)
     _common.add_gemm_arg(p)
-    _common.add_gru_kernel_arg(p)
+    _common.add_rnn_kernel_arg(p)
     return p.parse_args(argv)
 
 
@@ -155,7 +155,7 @@ def main(argv=None):
     nlp = spacy.blank("en")
     textcat = nlp.add_pipe("rnn_textcat", config={"model": model})
     _common.apply_gemm(nlp, args)
-    _common.apply_gru_kernel(nlp, args)
+    _common.apply_rnn_kernel(nlp, args)
     rows = _common.read_review_texts(args.data, args.max_docs)
     examples = []
     for row, doc in zip(rows, nlp.tokenizer.pipe(r["full_text"] for r in rows)):
@@ -201,7 +201,7 @@ def main(argv=None):
         "pooling": args.pooling,
         "cell": args.cell,
         "gemm": args.gemm,
-        "gru_kernel": args.gru_kernel,
+        "rnn_kernel": args.rnn_kernel,
         "profiler_note": "cProfile adds overhead per Python call; shares matter, not absolute s",
         "train": {"steps": args.steps, "words": words,
                   "words_per_s_under_profiler": words / train["total_s"], **train},
@@ -237,7 +237,7 @@ def compare_operators(args, device):
         nlp.add_pipe(factory, name="textcat", config=config)
         _set_bucket_overhead(nlp, args.rnn_bucket_overhead)
         _common.apply_gemm(nlp, args)
-        _common.apply_gru_kernel(nlp, args)
+        _common.apply_rnn_kernel(nlp, args)
         examples = []
         for row, doc in zip(rows, nlp.tokenizer.pipe(texts)):
             pos = float(row["label"] == "positive")
@@ -287,7 +287,7 @@ def compare_operators(args, device):
         "infer_docs": args.infer_docs,
         "rnn_bucket_overhead": args.rnn_bucket_overhead,
         "gemm": args.gemm,
-        "gru_kernel": args.gru_kernel,
+        "rnn_kernel": args.rnn_kernel,
         "models": models,
     }
 

@@ -161,7 +161,7 @@ def parse_args(argv=None):
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     _common.add_common_args(p)
     _common.add_gemm_arg(p)
-    _common.add_gru_kernel_arg(p)
+    _common.add_rnn_kernel_arg(p)
     return p.parse_args(argv)
 
 
@@ -213,7 +213,7 @@ def main(argv=None):
         "dropout": args.dropout,
         "max_train": args.max_train,
         "gemm": args.gemm,
-        "gru_kernel": args.gru_kernel,
+        "rnn_kernel": args.rnn_kernel,
         "models": results,
         "summary": {
             name: {
@@ -261,7 +261,7 @@ def run_child(args):
     nlp = spacy.blank("en")
     nlp.add_pipe(factory, name="textcat", config=config)
     gemm_layers = _common.apply_gemm(nlp, args)
-    rnn_stacks = _common.apply_gru_kernel(nlp, args)
+    rnn_stacks = _common.apply_rnn_kernel(nlp, args)
     corpus = Path(args.corpus_dir)
     train = list(Corpus(str(corpus / "train.spacy"), limit=args.max_train)(nlp))
     test = list(Corpus(str(corpus / "test.spacy"), limit=args.max_eval)(nlp))

@@ -44,7 +44,7 @@ def run_script(name, *args):
     return result
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
 def test_encoder_speed(cell):
     r = run_script(
         "encoder_speed.py", "--data", REVIEWS, "--batches", 2, "--warmup", 1,
@@ -52,7 +52,7 @@ def test_encoder_speed(cell):
         "--cell", cell,
     )
     assert r["cell"] == cell
-    assert r["gru_kernel"] == ("fused" if cell == "gru" else None)
+    assert r["rnn_kernel"] == (None if cell == "lstm" else "fused")
     for key in ("packed_vs_padded_ratio", "best_bucket_overhead", "methods",
                 "rnnstack_packed_vs_padded_ratio", "best_reverse_vs_padded_ratio"):
         assert key in r
@@ -75,7 +75,7 @@ def test_textcat_bench(corpus):
         assert 0.0 <= s["accuracy"] <= 1.0
     assert r["summary"]["rnn_bilstm"]["int8_vs_float32_infer_ratio"] > 0
     assert r["summary"]["bow"]["int8_vs_float32_infer_ratio"] is None
-    assert r["gemm"] == "blis" and r["gru_kernel"] == "fused"
+    assert r["gemm"] == "blis" and r["rnn_kernel"] == "fused"
     assert r["models"]["rnn_bilstm"]["rnn_stacks"] == 1
     assert r["models"]["bow"]["rnn_stacks"] == 0
     for model in r["models"].values():
@@ -113,9 +113,9 @@ def test_profile_textcat():
     r = run_script(
         "profile_textcat.py", "--data", REVIEWS, "--max-docs", 40, "--steps", 2,
         "--batch-size", 8, "--infer-docs", 20, "--top", 5, "--gemm", "torch",
-        "--cell", "gru", "--gru-kernel", "torch",
+        "--cell", "gru", "--rnn-kernel", "torch",
     )
-    assert r["gemm"] == "torch" and r["gru_kernel"] == "torch"
+    assert r["gemm"] == "torch" and r["rnn_kernel"] == "torch"
     for phase in ("train", "infer"):
         assert r[phase]["top_own_time"]
         assert "own_time_by_library" in r[phase]

@@ -18,13 +18,15 @@ chunk to the next (the right-to-left direction walks its chunks from the
 end), so memory for the recurrent kernels' work space is bounded by the
 chunk, not the doc, and the outputs are the same as unchunked encoding.
 """
+import functools
 from typing import List, Optional, Sequence, Tuple
 
 import numpy
 import torch
 from torch import nn
 
-from .fused_gru import fused_gru, fused_gru_applies, fused_gru_directions
+from .fused_elman import fused_elman_applies, fused_elman_directions
+from .fused_gru import fused_gru_applies, fused_gru_directions
 from .transfer import to_device
 
 CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
@@ -81,11 +83,14 @@ class RNNStack(nn.Module):
         the recurrent kernels bounded by the chunk. 0 disables chunking. Not
         part of the saved state; change it on a loaded module freely.
 
-    GRU layers on the CPU run ``fused_gru`` (a hand-written backward pass,
-    both directions of a layer in one loop) wherever it applies and is
-    faster: in training, and for two directions in inference. The outputs
-    are ``nn.GRU``'s up to rounding. Set the attribute ``fused_cpu_gru`` to
-    False to run ``nn.GRU`` throughout (it is not part of the saved state).
+    GRU and Elman layers on the CPU run the loops of ``fused_gru.py`` and
+    ``fused_elman.py`` (a hand-written backward pass, both directions of a
+    layer in one loop) where they are faster than PyTorch's own: in
+    training, and for two directions in inference. The outputs are
+    ``nn.GRU``'s and ``nn.RNN``'s up to rounding. Set the attribute
+    ``fused_cpu_kernels`` to False to run PyTorch's modules throughout (it
+    is not part of the saved state). LSTMs always run PyTorch's kernels,
+    which are fused already (oneDNN on the CPU, cuDNN on CUDA).
     """
 
     def __init__(
@@ -131,7 +136,7 @@ class RNNStack(nn.Module):
                 f"steps, got {inference_chunk}"
             )
         self.inference_chunk = int(inference_chunk)
-        self.fused_cpu_gru = True
+        self.fused_cpu_kernels = True
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.depth = depth
@@ -312,13 +317,14 @@ class RNNStack(nn.Module):
         for i in range(self.depth):
             if self.bidirectional:
                 X_rev = _reverse_within(X, reverse_index)
-                if method != "packed" and self._fuse_gru(self.fwd[i], X, both=True):
+                run = None if method == "packed" else self._fused_loop(self.fwd[i], X, both=True)
+                if run is not None:
                     # Both directions in one loop: the loop's cost is mostly
                     # per op, not per row.
-                    (Y, Y_rev), _ = fused_gru_directions(
+                    (Y, Y_rev), _ = run(
                         [X, X_rev],
                         [None, None],
-                        [self._gru_weights(self.fwd[i]), self._gru_weights(self.bwd[i])],
+                        [self._rnn_weights(self.fwd[i]), self._rnn_weights(self.bwd[i])],
                     )
                 else:
                     Y = self._run_direction(self.fwd[i], X, lengths, method)
@@ -418,24 +424,31 @@ class RNNStack(nn.Module):
         Y, _ = self._call_rnn(rnn, X)
         return Y
 
-    def _fuse_gru(self, rnn, X, both: bool = False) -> bool:
-        # One direction alone is only faster than nn.GRU with autograd on:
-        # nn.GRU's inference loop runs in C++ with fewer ops per step.
-        return (
-            getattr(self, "fused_cpu_gru", True)
-            and fused_gru_applies(rnn, X)
-            and (both or torch.is_grad_enabled())
-        )
+    def _fused_loop(self, rnn, X, both: bool = False):
+        # The fused loop for this module and input, or None. One direction
+        # alone is only faster with autograd on: PyTorch's own inference
+        # loops run in C++.
+        if not getattr(self, "fused_cpu_kernels", True):
+            return None
+        if not (both or torch.is_grad_enabled()):
+            return None
+        if fused_gru_applies(rnn, X):
+            return fused_gru_directions
+        if fused_elman_applies(rnn, X):
+            return functools.partial(fused_elman_directions, nonlinearity=rnn.nonlinearity)
+        return None
 
-    def _gru_weights(self, rnn) -> List[torch.Tensor]:
+    def _rnn_weights(self, rnn) -> List[torch.Tensor]:
         weights = [rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0]
         if self.training and self.weight_drop > 0:
             weights[1] = nn.functional.dropout(weights[1], p=self.weight_drop, training=True)
         return weights
 
     def _call_rnn(self, rnn, X, hx=None):
-        if self._fuse_gru(rnn, X):
-            return fused_gru(X, hx, self._gru_weights(rnn))
+        run = self._fused_loop(rnn, X)
+        if run is not None:
+            (Y,), (h,) = run([X], [hx], [self._rnn_weights(rnn)])
+            return Y, h
         if not (self.training and self.weight_drop > 0):
             return rnn(X, hx)
         # Run the module on a weight list holding a dropped copy of the

@@ -1,9 +1,15 @@
-"""The CPU GRU with a hand-written backward pass against nn.GRU."""
+"""The CPU GRU and Elman RNN loops with hand-written backward passes
+against nn.GRU and nn.RNN, alone and inside RNNStack."""
 import pytest
 import torch
 from torch import nn
 
 from spacy_rnn.torch_modules import rnn_stack
+from spacy_rnn.torch_modules.fused_elman import (
+    _FusedElman,
+    fused_elman_applies,
+    fused_elman_directions,
+)
 from spacy_rnn.torch_modules.fused_gru import (
     _FusedGRU,
     fused_gru,
@@ -72,6 +78,58 @@ def test_gradcheck_two_directions():
     )
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+@pytest.mark.parametrize("n_dirs", [1, 2])
+def test_elman_outputs_and_gradients_match_nn_rnn(dtype, nonlinearity, n_dirs):
+    B, T, I, H = 5, 30, 7, 9
+    torch.manual_seed(n_dirs)
+    rnns = [
+        nn.RNN(I, H, nonlinearity=nonlinearity, batch_first=True).to(dtype)
+        for _ in range(n_dirs)
+    ]
+    Xs = [torch.randn(B, T, I, dtype=dtype, requires_grad=True) for _ in range(n_dirs)]
+    h0s = [torch.randn(1, B, H, dtype=dtype, requires_grad=True)] + [None] * (n_dirs - 1)
+    w_y = [torch.randn(B, T, H, dtype=dtype) for _ in range(n_dirs)]
+    w_h = [torch.randn(1, B, H, dtype=dtype) for _ in range(n_dirs)]
+    inputs = Xs + [h0s[0]] + [p for r in rnns for p in r.parameters()]
+    expected = [r(X, h0) for r, X, h0 in zip(rnns, Xs, h0s)]
+    grads_expected = _loss_and_grads(
+        [y for y, _ in expected], [h for _, h in expected], w_y, w_h, inputs
+    )
+    Ys, hs = fused_elman_directions(
+        Xs, h0s, [r._flat_weights for r in rnns], nonlinearity=nonlinearity
+    )
+    grads = _loss_and_grads(Ys, hs, w_y, w_h, inputs)
+    atol_y, atol_g = TOLERANCE[dtype]
+    for (y_exp, h_exp), y, h in zip(expected, Ys, hs):
+        assert torch.allclose(y, y_exp, atol=atol_y, rtol=0)
+        assert torch.allclose(h, h_exp, atol=atol_y, rtol=0)
+    for g, g_exp in zip(grads, grads_expected):
+        assert torch.allclose(g, g_exp, atol=atol_g, rtol=0)
+
+
+def test_elman_gradcheck_two_directions():
+    torch.manual_seed(0)
+    rnn = nn.RNN(3, 4, batch_first=True).double()
+    X = torch.randn(2, 2, 6, 3, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(2, 2, 4, dtype=torch.float64, requires_grad=True)
+    w_ih, w_hh, b_ih, b_hh = rnn._flat_weights
+    weights = tuple(
+        torch.stack([p.detach(), p.detach() * 0.5]).requires_grad_()
+        for p in (w_ih, w_hh, b_ih + b_hh)
+    )
+    assert torch.autograd.gradcheck(
+        lambda X, h0, *w: _FusedElman.apply(X, h0, *w, False), (X, h0) + weights
+    )
+
+
+def test_elman_refuses_unknown_nonlinearity():
+    rnn = nn.RNN(3, 4, batch_first=True)
+    with pytest.raises(ValueError, match="nonlinearity 'gelu'"):
+        fused_elman_directions([torch.randn(1, 2, 3)], [None], [rnn._flat_weights], "gelu")
+
+
 def test_inference_matches_without_saving():
     torch.manual_seed(0)
     grus = [nn.GRU(5, 4, batch_first=True) for _ in range(2)]
@@ -106,21 +164,26 @@ def test_applies_only_where_it_can():
     assert not fused_gru_applies(nn.GRU(4, 5, batch_first=True), packed)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert not fused_gru_applies(nn.GRU(4, 5, batch_first=True), X)
+        assert not fused_elman_applies(nn.RNN(4, 5, batch_first=True), X)
+    assert fused_elman_applies(nn.RNN(4, 5, nonlinearity="relu", batch_first=True), X)
+    assert not fused_elman_applies(nn.GRU(4, 5, batch_first=True), X)
+    assert not fused_elman_applies(nn.RNN(4, 5, num_layers=2, batch_first=True), X)
 
 
-def _pair(**kwargs):
+def _pair(cell="gru", **kwargs):
     torch.manual_seed(0)
-    fused = RNNStack(6, 8, cell="gru", **kwargs)
-    plain = RNNStack(6, 8, cell="gru", **kwargs)
+    fused = RNNStack(6, 8, cell=cell, **kwargs)
+    plain = RNNStack(6, 8, cell=cell, **kwargs)
     plain.load_state_dict(fused.state_dict())
-    plain.fused_cpu_gru = False
+    plain.fused_cpu_kernels = False
     return fused, plain
 
 
+@pytest.mark.parametrize("cell", ["gru", "rnn_tanh", "rnn_relu"])
 @pytest.mark.parametrize("bidirectional", [True, False])
 @pytest.mark.parametrize("depth", [1, 2])
-def test_rnn_stack_training_matches_nn_gru(bidirectional, depth):
-    fused, plain = _pair(bidirectional=bidirectional, depth=depth, residual=True)
+def test_rnn_stack_training_matches_torch_modules(cell, bidirectional, depth):
+    fused, plain = _pair(cell, bidirectional=bidirectional, depth=depth, residual=True)
     lengths = [7, 0, 1, 12, 3, 3]
     flat = torch.randn(sum(lengths), 6)
     target = torch.randn(sum(lengths), 8)
@@ -138,10 +201,11 @@ def test_rnn_stack_training_matches_nn_gru(bidirectional, depth):
         assert torch.allclose(a, b, atol=1e-4)
 
 
-def test_rnn_stack_weight_drop_draws_the_same_masks():
+@pytest.mark.parametrize("cell", ["gru", "rnn_tanh"])
+def test_rnn_stack_weight_drop_draws_the_same_masks(cell):
     # The fused path drops each direction's recurrent matrix in the same
-    # order as nn.GRU's path, so a seed gives the same masks and outputs.
-    fused, plain = _pair(bidirectional=True, depth=2, weight_drop=0.5, dropout=0.3)
+    # order as PyTorch's path, so a seed gives the same masks and outputs.
+    fused, plain = _pair(cell, bidirectional=True, depth=2, weight_drop=0.5, dropout=0.3)
     lengths = [5, 9, 2]
     flat = torch.randn(sum(lengths), 6)
     outs = []
@@ -165,12 +229,7 @@ def test_rnn_stack_uses_the_fused_loop_where_it_should(monkeypatch):
         calls.append(len(Xs))
         return real(Xs, h0s, weights)
 
-    def counting_one(X, h0, weights):
-        (Y,), (h,) = counting([X], [h0], [weights])
-        return Y, h
-
     monkeypatch.setattr(rnn_stack, "fused_gru_directions", counting)
-    monkeypatch.setattr(rnn_stack, "fused_gru", counting_one)
     lengths = [4, 2]
     flat = torch.randn(6, 6)
     bi, _ = _pair(bidirectional=True)
@@ -186,19 +245,22 @@ def test_rnn_stack_uses_the_fused_loop_where_it_should(monkeypatch):
         uni.eval()(flat, lengths)
     assert calls == [2]
     calls.clear()
-    bi.fused_cpu_gru = False
-    uni.fused_cpu_gru = False
+    bi.fused_cpu_kernels = False
+    uni.fused_cpu_kernels = False
     bi.train()(flat, lengths)
     uni.train()(flat, lengths)
     assert calls == []
-    # LSTMs and packed sequences keep PyTorch's kernels.
+    # LSTMs and packed sequences keep PyTorch's kernels; Elman RNNs have
+    # their own loop.
+    RNNStack(6, 8, cell="rnn_tanh").train()(flat, lengths)
     RNNStack(6, 8, cell="lstm").train()(flat, lengths)
     RNNStack(6, 8, cell="gru", method="packed").train()(flat, lengths)
     assert calls == []
 
 
-def test_stream_mode_carries_state_through_the_fused_loop():
-    fused, plain = _pair(bidirectional=False, depth=2)
+@pytest.mark.parametrize("cell", ["gru", "rnn_relu"])
+def test_stream_mode_carries_state_through_the_fused_loop(cell):
+    fused, plain = _pair(cell, bidirectional=False, depth=2)
     X = torch.randn(3, 10, 6)
     for module in (fused, plain):
         module.train()
