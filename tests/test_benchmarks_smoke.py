@@ -85,6 +85,20 @@ def test_textcat_bench(corpus):
         assert model["gemm_layers_switched"] == 0
 
 
+@pytest.mark.parametrize("kernel", ["fused", "torch"])
+def test_spacy_train_kernels(corpus, kernel, tmp_path):
+    r = run_script(
+        "spacy_train_kernels.py", ROOT / "configs" / "textcat_gru.cfg",
+        "--train", corpus / "train.spacy", "--dev", corpus / "dev.spacy",
+        "--test", corpus / "test.spacy", "--max-steps", 4, "--eval-frequency", 2,
+        "--rnn-kernel", kernel, "--output", tmp_path / "out",
+    )
+    assert r["rnn_kernel"] == kernel and r["max_steps"] == 4
+    assert r["train_wall_s"] > 0 and r["evaluate_words_per_s"] > 0
+    assert 0.0 <= r["test_scores"]["cats_macro_f"] <= 1.0
+    assert (tmp_path / "out" / "model-best" / "meta.json").exists()
+
+
 @pytest.mark.parametrize(
     "extra", [[], ["--mixed-precision"], ["--rnn-lm-clip", "per-tensor"], ["--keep-freed-memory"]]
 )

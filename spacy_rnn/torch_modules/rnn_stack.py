@@ -87,11 +87,14 @@ class RNNStack(nn.Module):
     ``fused_elman.py`` (a hand-written backward pass, both directions of a
     layer in one loop) where they are faster than PyTorch's own: in
     training, and for two directions in inference. The outputs are
-    ``nn.GRU``'s and ``nn.RNN``'s up to rounding. Set the attribute
-    ``fused_cpu_kernels`` to False to run PyTorch's modules throughout (it
-    is not part of the saved state). LSTMs always run PyTorch's kernels,
-    which are fused already (oneDNN on the CPU, cuDNN on CUDA).
+    ``nn.GRU``'s and ``nn.RNN``'s up to rounding. Set ``fused_cpu_kernels``
+    to False on a stack, or on the class for every stack, to run PyTorch's
+    modules throughout (it is not part of the saved state). LSTMs always run
+    PyTorch's kernels, which are fused already (oneDNN on the CPU, cuDNN on
+    CUDA).
     """
+
+    fused_cpu_kernels = True
 
     def __init__(
         self,
@@ -136,7 +139,6 @@ class RNNStack(nn.Module):
                 f"steps, got {inference_chunk}"
             )
         self.inference_chunk = int(inference_chunk)
-        self.fused_cpu_kernels = True
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.depth = depth
@@ -428,7 +430,7 @@ class RNNStack(nn.Module):
         # The fused loop for this module and input, or None. One direction
         # alone is only faster with autograd on: PyTorch's own inference
         # loops run in C++.
-        if not getattr(self, "fused_cpu_kernels", True):
+        if not self.fused_cpu_kernels:
             return None
         if not (both or torch.is_grad_enabled()):
             return None
