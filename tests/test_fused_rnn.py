@@ -29,32 +29,24 @@ def _loss_and_grads(outputs, states, weights_y, weights_h, inputs):
     )]
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("shape", [(3, 5, 4, 6), (1, 1, 3, 2), (8, 40, 16, 12)])
-@pytest.mark.parametrize("n_dirs", [1, 2])
-def test_outputs_and_gradients_match_nn_gru(dtype, shape, n_dirs):
+def _check_against_modules(modules, run, shape, dtype):
+    """``run(Xs, h0s)`` gives the modules' outputs, final states and
+    gradients (inputs, initial state, weights) within the dtype's tolerance.
+    The first module starts from a given state (as in stream mode), any
+    second from zeros."""
     B, T, I, H = shape
-    torch.manual_seed(sum(shape) + n_dirs)
-    grus = [nn.GRU(I, H, batch_first=True).to(dtype) for _ in range(n_dirs)]
-    Xs = [torch.randn(B, T, I, dtype=dtype, requires_grad=True) for _ in range(n_dirs)]
-    # The first GRU starts from a given state (as in stream mode), the
-    # second from zeros.
-    h0s = [torch.randn(1, B, H, dtype=dtype, requires_grad=True)] + [None] * (n_dirs - 1)
-    w_y = [torch.randn(B, T, H, dtype=dtype) for _ in range(n_dirs)]
-    w_h = [torch.randn(1, B, H, dtype=dtype) for _ in range(n_dirs)]
-    inputs = Xs + [h0s[0]] + [p for g in grus for p in g.parameters()]
-
-    expected = [g(X, h0) for g, X, h0 in zip(grus, Xs, h0s)]
+    n = len(modules)
+    Xs = [torch.randn(B, T, I, dtype=dtype, requires_grad=True) for _ in range(n)]
+    h0s = [torch.randn(1, B, H, dtype=dtype, requires_grad=True)] + [None] * (n - 1)
+    w_y = [torch.randn(B, T, H, dtype=dtype) for _ in range(n)]
+    w_h = [torch.randn(1, B, H, dtype=dtype) for _ in range(n)]
+    inputs = Xs + [h0s[0]] + [p for m in modules for p in m.parameters()]
+    expected = [m(X, h0) for m, X, h0 in zip(modules, Xs, h0s)]
     grads_expected = _loss_and_grads(
         [y for y, _ in expected], [h for _, h in expected], w_y, w_h, inputs
     )
-    if n_dirs == 1:
-        Y, h = fused_gru(Xs[0], h0s[0], grus[0]._flat_weights)
-        Ys, hs = [Y], [h]
-    else:
-        Ys, hs = fused_gru_directions(Xs, h0s, [g._flat_weights for g in grus])
+    Ys, hs = run(Xs, h0s)
     grads = _loss_and_grads(Ys, hs, w_y, w_h, inputs)
-
     atol_y, atol_g = TOLERANCE[dtype]
     for (y_exp, h_exp), y, h in zip(expected, Ys, hs):
         assert y.shape == y_exp.shape and h.shape == h_exp.shape
@@ -62,6 +54,23 @@ def test_outputs_and_gradients_match_nn_gru(dtype, shape, n_dirs):
         assert torch.allclose(h, h_exp, atol=atol_y, rtol=0)
     for g, g_exp in zip(grads, grads_expected):
         assert torch.allclose(g, g_exp, atol=atol_g, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("shape", [(3, 5, 4, 6), (1, 1, 3, 2), (8, 40, 16, 12)])
+@pytest.mark.parametrize("n_dirs", [1, 2])
+def test_outputs_and_gradients_match_nn_gru(dtype, shape, n_dirs):
+    B, T, I, H = shape
+    torch.manual_seed(sum(shape) + n_dirs)
+    grus = [nn.GRU(I, H, batch_first=True).to(dtype) for _ in range(n_dirs)]
+
+    def run(Xs, h0s):
+        if n_dirs == 1:
+            Y, h = fused_gru(Xs[0], h0s[0], grus[0]._flat_weights)
+            return [Y], [h]
+        return fused_gru_directions(Xs, h0s, [g._flat_weights for g in grus])
+
+    _check_against_modules(grus, run, (B, T, I, H), dtype)
 
 
 def test_gradcheck_two_directions():
@@ -82,31 +91,17 @@ def test_gradcheck_two_directions():
 @pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
 @pytest.mark.parametrize("n_dirs", [1, 2])
 def test_elman_outputs_and_gradients_match_nn_rnn(dtype, nonlinearity, n_dirs):
-    B, T, I, H = 5, 30, 7, 9
     torch.manual_seed(n_dirs)
     rnns = [
-        nn.RNN(I, H, nonlinearity=nonlinearity, batch_first=True).to(dtype)
+        nn.RNN(7, 9, nonlinearity=nonlinearity, batch_first=True).to(dtype)
         for _ in range(n_dirs)
     ]
-    Xs = [torch.randn(B, T, I, dtype=dtype, requires_grad=True) for _ in range(n_dirs)]
-    h0s = [torch.randn(1, B, H, dtype=dtype, requires_grad=True)] + [None] * (n_dirs - 1)
-    w_y = [torch.randn(B, T, H, dtype=dtype) for _ in range(n_dirs)]
-    w_h = [torch.randn(1, B, H, dtype=dtype) for _ in range(n_dirs)]
-    inputs = Xs + [h0s[0]] + [p for r in rnns for p in r.parameters()]
-    expected = [r(X, h0) for r, X, h0 in zip(rnns, Xs, h0s)]
-    grads_expected = _loss_and_grads(
-        [y for y, _ in expected], [h for _, h in expected], w_y, w_h, inputs
-    )
-    Ys, hs = fused_elman_directions(
-        Xs, h0s, [r._flat_weights for r in rnns], nonlinearity=nonlinearity
-    )
-    grads = _loss_and_grads(Ys, hs, w_y, w_h, inputs)
-    atol_y, atol_g = TOLERANCE[dtype]
-    for (y_exp, h_exp), y, h in zip(expected, Ys, hs):
-        assert torch.allclose(y, y_exp, atol=atol_y, rtol=0)
-        assert torch.allclose(h, h_exp, atol=atol_y, rtol=0)
-    for g, g_exp in zip(grads, grads_expected):
-        assert torch.allclose(g, g_exp, atol=atol_g, rtol=0)
+
+    def run(Xs, h0s):
+        weights = [r._flat_weights for r in rnns]
+        return fused_elman_directions(Xs, h0s, weights, nonlinearity=nonlinearity)
+
+    _check_against_modules(rnns, run, (5, 30, 7, 9), dtype)
 
 
 def test_elman_gradcheck_two_directions():

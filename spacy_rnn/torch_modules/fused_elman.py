@@ -19,6 +19,8 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from .cpu_loop import cpu_loop_applies, run_stacked
+
 __all__ = ["fused_elman_applies", "fused_elman_directions"]
 
 
@@ -31,19 +33,7 @@ def fused_elman_applies(rnn: nn.Module, X) -> bool:
         ``nn.RNN`` with biases, on a float32 or float64 CPU tensor, outside
         CPU autocast.
     """
-    return (
-        type(rnn) is nn.RNN
-        and isinstance(X, torch.Tensor)
-        and X.device.type == "cpu"
-        and X.dtype in (torch.float32, torch.float64)
-        and X.dim() == 3
-        and rnn.num_layers == 1
-        and not rnn.bidirectional
-        and rnn.batch_first
-        and rnn.bias
-        and rnn.nonlinearity in ("tanh", "relu")
-        and not torch.is_autocast_enabled("cpu")
-    )
+    return cpu_loop_applies(rnn, X, nn.RNN) and rnn.nonlinearity in ("tanh", "relu")
 
 
 def fused_elman_directions(
@@ -66,20 +56,13 @@ def fused_elman_directions(
     """
     if nonlinearity not in ("tanh", "relu"):
         raise ValueError(f"Unknown nonlinearity {nonlinearity!r}: choose tanh or relu")
-    K = len(Xs)
-    X = Xs[0]
-    B, T = X.shape[0], X.shape[1]
-    H = weights[0][1].shape[1]
-    h0 = torch.stack(
-        [X.new_zeros((B, H)) if h is None else h.reshape(B, H).to(X.dtype) for h in h0s]
-    )
-    if T == 0:
-        return [X.new_empty((B, 0, H)) for _ in range(K)], list(h0.unsqueeze(1).unbind(0))
-    w_ih, w_hh, b_ih, b_hh = [torch.stack([w[j] for w in weights]) for j in range(4)]
-    X_all = X.unsqueeze(0) if K == 1 else torch.stack(list(Xs))
-    # Both biases enter every step the same way: add them once.
-    Y = _FusedElman.apply(X_all, h0, w_ih, w_hh, b_ih + b_hh, nonlinearity == "relu")
-    return list(Y.unbind(0)), list(Y[:, :, -1].unsqueeze(1).unbind(0))
+    relu = nonlinearity == "relu"
+
+    def loop(X, h0, w_ih, w_hh, b_ih, b_hh):
+        # Both biases enter every step the same way: add them once.
+        return _FusedElman.apply(X, h0, w_ih, w_hh, b_ih + b_hh, relu)
+
+    return run_stacked(Xs, h0s, weights, loop)
 
 
 class _FusedElman(torch.autograd.Function):

@@ -30,6 +30,8 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from .cpu_loop import cpu_loop_applies, run_stacked
+
 __all__ = ["fused_gru", "fused_gru_applies", "fused_gru_directions"]
 
 
@@ -42,19 +44,7 @@ def fused_gru_applies(rnn: nn.Module, X) -> bool:
         ``nn.GRU`` with biases, on a float32 or float64 CPU tensor, outside
         CPU autocast. Everything else keeps PyTorch's own kernel.
     """
-    return (
-        type(rnn) is nn.GRU
-        and isinstance(X, torch.Tensor)
-        and X.device.type == "cpu"
-        and X.dtype in (torch.float32, torch.float64)
-        and X.dim() == 3
-        and rnn.num_layers == 1
-        and not rnn.bidirectional
-        and rnn.batch_first
-        and rnn.bias
-        and getattr(rnn, "proj_size", 0) == 0
-        and not torch.is_autocast_enabled("cpu")
-    )
+    return cpu_loop_applies(rnn, X, nn.GRU)
 
 
 def fused_gru(
@@ -96,22 +86,14 @@ def fused_gru_directions(
     RETURNS (Tuple[List[torch.Tensor], List[torch.Tensor]]): Each GRU's
         (batch, time, hidden) outputs, and its (1, batch, hidden) final state.
     """
-    K = len(Xs)
-    X = Xs[0]
-    B, T = X.shape[0], X.shape[1]
-    H = weights[0][1].shape[1]
-    h0 = torch.stack(
-        [X.new_zeros((B, H)) if h is None else h.reshape(B, H).to(X.dtype) for h in h0s]
-    )
-    if T == 0:
-        return [X.new_empty((B, 0, H)) for _ in range(K)], list(h0.unsqueeze(1).unbind(0))
-    stacked = [torch.stack([w[j] for w in weights]) for j in range(4)]
-    X_all = X.unsqueeze(0) if K == 1 else torch.stack(list(Xs))
-    save = torch.is_grad_enabled() and any(
-        t.requires_grad for t in [X_all, h0] + stacked
-    )
-    Y = _FusedGRU.apply(X_all, h0, *stacked, save)
-    return list(Y.unbind(0)), list(Y[:, :, -1].unsqueeze(1).unbind(0))
+
+    def loop(X, h0, *weights):
+        save = torch.is_grad_enabled() and any(
+            t.requires_grad for t in (X, h0) + weights
+        )
+        return _FusedGRU.apply(X, h0, *weights, save)
+
+    return run_stacked(Xs, h0s, weights, loop)
 
 
 class _FusedGRU(torch.autograd.Function):
