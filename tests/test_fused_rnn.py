@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from spacy_rnn.torch_modules import rnn_stack
+from spacy_rnn.torch_modules.cpu_loop import cpu_autocast_enabled
 from spacy_rnn.torch_modules.fused_elman import (
     _FusedElman,
     fused_elman_applies,
@@ -163,6 +164,13 @@ def test_applies_only_where_it_can():
     assert fused_elman_applies(nn.RNN(4, 5, nonlinearity="relu", batch_first=True), X)
     assert not fused_elman_applies(nn.GRU(4, 5, batch_first=True), X)
     assert not fused_elman_applies(nn.RNN(4, 5, num_layers=2, batch_first=True), X)
+
+
+def test_cpu_autocast_check_works_before_torch_2_4(monkeypatch):
+    # Before PyTorch 2.4 is_autocast_enabled took no device type.
+    monkeypatch.setattr(torch, "is_autocast_enabled", lambda: False)
+    monkeypatch.setattr(torch, "is_autocast_cpu_enabled", lambda: True)
+    assert cpu_autocast_enabled() is True
 
 
 def _pair(cell="gru", **kwargs):

@@ -31,8 +31,17 @@ def cpu_loop_applies(rnn: nn.Module, X, module_type: Type[nn.Module]) -> bool:
         and rnn.batch_first
         and rnn.bias
         and getattr(rnn, "proj_size", 0) == 0
-        and not torch.is_autocast_enabled("cpu")
+        and not cpu_autocast_enabled()
     )
+
+
+def cpu_autocast_enabled() -> bool:
+    """Whether CPU autocast is on, on every PyTorch the package accepts
+    (``is_autocast_enabled`` takes a device type only from PyTorch 2.4)."""
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:
+        return torch.is_autocast_cpu_enabled()
 
 
 def run_stacked(

@@ -17,6 +17,7 @@ from typing import List, Optional, Sequence
 import torch
 from torch import nn
 
+from .cpu_loop import cpu_autocast_enabled
 from .fused_cross_entropy import LossWorkspace, linear_cross_entropy_sum, linear_target_log_probs
 from .rnn_stack import RNNStack
 
@@ -275,7 +276,7 @@ class RNNLanguageModel(nn.Module):
             and H.device.type == "cpu"
             and H.dtype == torch.float32
             and type(self.out) is nn.Linear
-            and not torch.is_autocast_enabled("cpu")
+            and not cpu_autocast_enabled()
         )
 
     def _full_logits(self, H: torch.Tensor) -> torch.Tensor:
