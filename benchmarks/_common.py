@@ -61,12 +61,19 @@ def add_rnn_kernel_arg(parser) -> None:
 
 
 def apply_rnn_kernel(nlp, args) -> int:
-    """Set ``fused_cpu_kernels`` on every ``RNNStack`` in the pipeline's models
-    from ``--rnn-kernel``; the number of stacks found."""
+    """Set ``RNNStack.fused_cpu_kernels`` (for every stack) from
+    ``--rnn-kernel``; the number of stacks in the pipeline's models."""
     from spacy_rnn.torch_modules.rnn_stack import RNNStack
 
-    fused = getattr(args, "rnn_kernel", "fused") == "fused"
-    stacks = 0
+    RNNStack.fused_cpu_kernels = getattr(args, "rnn_kernel", "fused") == "fused"
+    return len(rnn_stacks(nlp))
+
+
+def rnn_stacks(nlp) -> List:
+    """Every ``RNNStack`` inside the torch modules of the pipeline's models."""
+    from spacy_rnn.torch_modules.rnn_stack import RNNStack
+
+    stacks = []
     for _, pipe in nlp.pipeline:
         model = getattr(pipe, "model", None)
         if model is None:
@@ -74,12 +81,8 @@ def apply_rnn_kernel(nlp, args) -> int:
         for node in model.walk():
             for shim in node.shims:
                 module = getattr(shim, "_model", None)
-                if not hasattr(module, "modules"):
-                    continue
-                for sub in module.modules():
-                    if isinstance(sub, RNNStack):
-                        sub.fused_cpu_kernels = fused
-                        stacks += 1
+                if hasattr(module, "modules"):
+                    stacks.extend(m for m in module.modules() if isinstance(m, RNNStack))
     return stacks
 
 

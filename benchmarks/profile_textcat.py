@@ -321,14 +321,8 @@ def _operator_summary(prof, n, top, device):
 def _set_bucket_overhead(nlp, overhead):
     if overhead is None:
         return
-    from spacy_rnn.torch_modules.rnn_stack import RNNStack
-
-    for _, pipe in nlp.pipeline:
-        for node in pipe.model.walk():
-            for shim in node.shims:
-                module = getattr(shim, "_model", None)
-                if isinstance(module, RNNStack):
-                    module.bucket_overhead = float(overhead)
+    for stack in _common.rnn_stacks(nlp):
+        stack.bucket_overhead = float(overhead)
 
 
 if __name__ == "__main__":

@@ -441,10 +441,12 @@ class RNNStack(nn.Module):
         return None
 
     def _rnn_weights(self, rnn) -> List[torch.Tensor]:
-        weights = [rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0]
+        # The module's weights in its _flat_weights order, with weight drop
+        # applied as on PyTorch's path (same masks for the same seed).
+        rnn._update_flat_weights()
         if self.training and self.weight_drop > 0:
-            weights[1] = nn.functional.dropout(weights[1], p=self.weight_drop, training=True)
-        return weights
+            return dropconnect_weights(rnn, self.weight_drop)
+        return list(rnn._flat_weights)
 
     def _call_rnn(self, rnn, X, hx=None):
         run = self._fused_loop(rnn, X)
