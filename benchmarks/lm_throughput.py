@@ -18,6 +18,11 @@ load from other processes hits both alike. Evaluation: 10 streams over
 ptb.valid.txt (first ``--max-eval-tokens`` tokens), no gradients, best of
 ``--rounds`` alternating passes.
 
+``--cell gru`` (or ``rnn_tanh``) swaps the LSTM for a GRU (an Elman RNN) on
+both sides: ``nn.GRU`` in the plain loop, ``rnn_lm``'s ``cell`` setting on
+the other, which runs spacy-rnn's fused CPU loop in training (``--rnn-kernel
+torch``: ``nn.GRU`` there too).
+
 ``--mixed-precision`` runs both sides under ``torch.autocast``: float16 with
 a gradient scaler on CUDA (``torch.amp.GradScaler`` for the plain loop,
 Thinc's ``PyTorchGradScaler`` inside ``rnn_lm``), bfloat16 on CPU.
@@ -56,6 +61,8 @@ def parse_args(argv=None):
     p.add_argument("--vocab-size", type=int, default=SIZES["vocab_size"])
     p.add_argument("--width", type=int, default=SIZES["hidden_width"],
                    help="embedding and LSTM width")
+    p.add_argument("--cell", choices=["lstm", "gru", "rnn_tanh"], default="lstm",
+                   help="the recurrent cell on both sides (nn.LSTM / nn.GRU / nn.RNN)")
     p.add_argument("--mixed-precision", action="store_true",
                    help="autocast both sides (float16 + loss scaling on CUDA, bfloat16 on CPU)")
     p.add_argument("--rnn-lm-clip", choices=["global", "per-tensor"], default="global",
@@ -70,6 +77,7 @@ def parse_args(argv=None):
                    help="also replay the plain loop's forward and backward as CUDA "
                         "graphs (torch.cuda.make_graphed_callables); off by default, "
                         "as in pytorch/examples")
+    _common.add_rnn_kernel_arg(p)
     _common.add_common_args(p)
     return p.parse_args(argv)
 
@@ -95,7 +103,8 @@ def read_tokens(path: Path, limit: int = 0):
 
 
 class TorchSide:
-    """pytorch/examples word_language_model (LSTM, untied), with Adam."""
+    """pytorch/examples word_language_model (untied; LSTM, GRU or RNN_TANH),
+    with Adam."""
 
     def __init__(self, args, train_tokens, device):
         import torch
@@ -112,13 +121,15 @@ class TorchSide:
         ]
         self.ids = {w: i for i, w in enumerate(words[: args.vocab_size])}
         V, W = args.vocab_size, args.width
+        self.cell = getattr(args, "cell", "lstm")
+        rnn_class = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn_tanh": nn.RNN}[self.cell]
 
         class RNNModel(nn.Module):
             def __init__(self):
                 super().__init__()
                 self.drop = nn.Dropout(SIZES["dropout"])
                 self.encoder = nn.Embedding(V, W)
-                self.rnn = nn.LSTM(W, W, SIZES["depth"], dropout=SIZES["dropout"])
+                self.rnn = rnn_class(W, W, SIZES["depth"], dropout=SIZES["dropout"])
                 self.decoder = nn.Linear(W, V)
                 nn.init.uniform_(self.encoder.weight, -0.1, 0.1)
                 nn.init.zeros_(self.decoder.bias)
@@ -151,7 +162,9 @@ class TorchSide:
     def repackage(h):
         if h is None:
             return None
-        return tuple(v.detach() for v in h)
+        if isinstance(h, tuple):
+            return tuple(v.detach() for v in h)
+        return h.detach()
 
     def train_for(self, seconds):
         """Train for ``seconds``; return (tokens, seconds spent)."""
@@ -190,12 +203,16 @@ class TorchSide:
 
     def graphed_step(self, data, targets):
         # Forward and backward replayed as CUDA graphs; a missing state is
-        # zeros, which is what nn.LSTM assumes for None.
+        # zeros, which is what the torch modules assume for None. The graph
+        # takes the state as a tuple of tensors ((h, c) for an LSTM, (h,)
+        # otherwise).
         torch, nn = self.torch, self.torch.nn
+        lstm = self.cell == "lstm"
         if self.hidden is None:
             shape = (SIZES["depth"], data.shape[1], self.args.width)
-            self.hidden = (torch.zeros(shape, device=self.device),
-                           torch.zeros(shape, device=self.device))
+            zeros = tuple(torch.zeros(shape, device=self.device) for _ in range(1 + lstm))
+            self.hidden = zeros if lstm else zeros[0]
+        state = self.hidden if lstm else (self.hidden,)
         if self.graphed is None:
             model, criterion, V = self.model, self.criterion, self.args.vocab_size
 
@@ -204,14 +221,15 @@ class TorchSide:
                     super().__init__()
                     self.model = model
 
-                def forward(self, x, y, h, c):
-                    output, (h, c) = self.model(x, (h, c))
-                    return criterion(output.view(-1, V), y), h.detach(), c.detach()
+                def forward(self, x, y, *state):
+                    output, state = self.model(x, state if lstm else state[0])
+                    state = state if lstm else (state,)
+                    return (criterion(output.view(-1, V), y), *[v.detach() for v in state])
 
-            sample = (data.clone(), targets.clone(), *[t.clone() for t in self.hidden])
+            sample = (data.clone(), targets.clone(), *[t.clone() for t in state])
             self.graphed = torch.cuda.make_graphed_callables(Step(), sample)
-        loss, h, c = self.graphed(data, targets, *self.hidden)
-        return loss, (h, c)
+        loss, *state = self.graphed(data, targets, *state)
+        return loss, (tuple(state) if lstm else state[0])
 
     def evaluate(self, tokens):
         torch = self.torch
@@ -248,13 +266,15 @@ class SpacyRNNSide:
         self.nlp = spacy.blank("en")
         self.lm = self.nlp.add_pipe("rnn_lm", config={
             "vocab_size": args.vocab_size, "embed_width": args.width,
-            "hidden_width": args.width, "depth": SIZES["depth"], "cell": "lstm",
+            "hidden_width": args.width, "depth": SIZES["depth"],
+            "cell": getattr(args, "cell", "lstm"),
             "bidirectional": False, "dropout": SIZES["dropout"], "tied": False,
             "softmax": "full", "bptt": SIZES["bptt"],
             "mixed_precision": bool(args.mixed_precision),
             "cuda_graphs": getattr(args, "rnn_lm_cuda_graphs", "on") == "on",
             "fused_loss": getattr(args, "rnn_lm_fused_loss", "on") == "on",
         })
+        _common.apply_rnn_kernel(self.nlp, args)
         self.corpus = TokenStreamCorpus(
             train_path, n_streams=SIZES["n_streams"], doc_length=SIZES["bptt"],
             limit=args.max_train_tokens)
@@ -372,6 +392,9 @@ def main(argv=None):
     result = {
         "benchmark": "lm_throughput",
         **_common.machine_info(threads, device),
+        "cell": args.cell,
+        # The fused CPU loops run GRU and Elman layers only, and only on CPU.
+        "rnn_kernel": args.rnn_kernel if args.cell != "lstm" and device.type == "cpu" else None,
         "mixed_precision": bool(args.mixed_precision),
         "rnn_lm_clip": args.rnn_lm_clip,
         "rnn_lm_cuda_graphs": args.rnn_lm_cuda_graphs,

@@ -100,7 +100,9 @@ def test_spacy_train_kernels(corpus, kernel, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "extra", [[], ["--mixed-precision"], ["--rnn-lm-clip", "per-tensor"], ["--keep-freed-memory"]]
+    "extra",
+    [[], ["--mixed-precision"], ["--rnn-lm-clip", "per-tensor"], ["--keep-freed-memory"],
+     ["--cell", "gru"], ["--cell", "rnn_tanh", "--rnn-kernel", "torch"]],
 )
 def test_lm_throughput(ptb, extra):
     r = run_script(
@@ -109,6 +111,9 @@ def test_lm_throughput(ptb, extra):
     )
     assert r["mixed_precision"] is ("--mixed-precision" in extra)
     assert r["rnn_lm_clip"] == ("per-tensor" if "per-tensor" in extra else "global")
+    cell = extra[1] if "--cell" in extra else "lstm"
+    assert r["cell"] == cell
+    assert r["rnn_kernel"] == (None if cell == "lstm" else "torch" if "torch" in extra else "fused")
     glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
     assert r["keep_freed_memory"] is ("--keep-freed-memory" in extra and glibc)
     faults = r["minor_page_faults_per_step_per_round"]
