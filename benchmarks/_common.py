@@ -20,11 +20,14 @@ DEFAULT_REVIEWS = DEFAULT_DATA / "amazon-mds" / "reviews.jsonl"
 DEFAULT_PTB = DEFAULT_DATA / "ptb"
 
 
-def add_common_args(parser) -> None:
+def add_common_args(parser, gpu: bool = True) -> None:
+    """``--threads``, ``--seed``, ``--keep-freed-memory`` and, unless the
+    script measures the CPU only (``gpu=False``), ``--gpu-id``."""
     parser.add_argument("--threads", type=int, default=0,
                         help="torch/OpenMP threads (0: all cores)")
-    parser.add_argument("--gpu-id", type=int, default=-1,
-                        help="CUDA device to use (-1: CPU)")
+    if gpu:
+        parser.add_argument("--gpu-id", type=int, default=-1,
+                            help="CUDA device to use (-1: CPU)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep-freed-memory", action="store_true",
                         help="keep freed memory for reuse (spacy_rnn.keep_freed_memory.v1): "

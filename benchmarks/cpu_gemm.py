@@ -34,7 +34,7 @@ def parse_args(argv=None):
     p.add_argument("--n-out", type=int, default=128, help="output width")
     p.add_argument("--pieces", type=int, default=3, help="Maxout pieces")
     p.add_argument("--repeats", type=int, default=20)
-    _common.add_common_args(p)
+    _common.add_common_args(p, gpu=False)
     return p.parse_args(argv)
 
 
@@ -42,7 +42,7 @@ def main(argv=None):
     args = parse_args(argv)
     _common.quiet_stdout()
     # Before numpy loads: OpenBLAS reads its thread count once.
-    threads = _common.setup_threads(args.threads)
+    threads = _common.setup_threads(args.threads, args.keep_freed_memory)
     import numpy
     import torch
     from thinc.api import NumpyOps

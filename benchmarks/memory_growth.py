@@ -43,7 +43,7 @@ def parse_args(argv=None):
                    help="with --child: put Thinc's PyTorchShim.finish_update back")
     p.add_argument("--malloc-trim-every", type=int, default=0,
                    help="with --child: call glibc's malloc_trim(0) every N steps (0: never)")
-    _common.add_common_args(p)
+    _common.add_common_args(p, gpu=False)
     return p.parse_args(argv)
 
 

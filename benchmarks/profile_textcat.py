@@ -97,7 +97,7 @@ def summarise(profile: cProfile.Profile, top: int):
     for (filename, line, func), (cc, nc, tt, ct, _) in stats.stats.items():
         group = group_of(filename, func)
         by_group[group] = by_group.get(group, 0.0) + tt
-        short = filename.split("site-packages/")[-1].split("/work/main/")[-1]
+        short = filename.split("site-packages/")[-1].split(f"{_common.ROOT.as_posix()}/")[-1]
         name = f"{short}:{line}({func})"
         rows.append((tt, ct, nc, name))
         if group == "spacy_rnn":

@@ -36,7 +36,7 @@ def parse_args(argv=None):
     p.add_argument("--min-seconds", type=float, default=2.0,
                    help="time each speed measurement for at least this long")
     p.add_argument("--encoder-batches", type=int, default=10)
-    _common.add_common_args(p)
+    _common.add_common_args(p, gpu=False)
     return p.parse_args(argv)
 
 

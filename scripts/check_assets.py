@@ -15,9 +15,9 @@ import argparse
 import hashlib
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import srsly
 
@@ -31,6 +31,10 @@ class Asset:
     checksum: Optional[str]
     description: str
     default_dest: str = ""
+    # project.yml commands that write this file (e.g. an unpack step), each
+    # with the downloadable assets it reads: how to make a file that has no
+    # URL of its own.
+    made_by: List[Tuple[str, List[str]]] = field(default_factory=list)
 
     @property
     def var_names(self) -> List[str]:
@@ -75,7 +79,7 @@ def load_assets(project_dir: Path) -> List[Asset]:
     def default(dest: str) -> str:
         return VAR_RE.sub(lambda m: str(variables.get(m.group(1), m.group(0))), dest)
 
-    return [
+    assets = [
         Asset(
             dest=_norm(item["dest"]),
             url=item.get("url"),
@@ -86,6 +90,14 @@ def load_assets(project_dir: Path) -> List[Asset]:
         for item in config.get("assets", [])
         if "dest" in item
     ]
+    downloads = {a.default_dest for a in assets if a.url}
+    for command in config.get("commands", []):
+        outputs = {_norm(default(o)) for o in command.get("outputs", [])}
+        fetched = [_norm(default(d)) for d in command.get("deps", [])]
+        for asset in assets:
+            if asset.default_dest in outputs:
+                asset.made_by.append((command["name"], [d for d in fetched if d in downloads]))
+    return assets
 
 
 def md5sum(path: Path, chunk_size: int = 1 << 20) -> str:
@@ -119,6 +131,15 @@ def _how_to_get(asset: Asset) -> str:
     if asset.url:
         fetch = "run `spacy project assets` to download it"
         return f"{fetch}, or {override}" if override else fetch
+    if asset.made_by:
+        ways = []
+        for name, downloads in asset.made_by:
+            way = f"`spacy project run {name}`"
+            if downloads:
+                way += f" (after `spacy project assets` has downloaded {', '.join(downloads)})"
+            ways.append(way)
+        make = "make it with " + " or ".join(ways)
+        return f"{make}, or {override}" if override else make
     if override:
         return f"this asset has no download URL: {override}"
     return "this asset has no download URL: put the file there yourself"

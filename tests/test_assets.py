@@ -50,6 +50,14 @@ def test_missing_asset_without_url_says_to_point_a_var_at_it(project, tmp_path, 
     assert "no download URL" in err and "--vars.amazon_jsonl" in err
 
 
+def test_missing_unpacked_asset_names_the_commands_that_make_it(project, capsys):
+    # The WikiText-2 token files have no URL: the zip has, and a command unpacks it.
+    assert check_assets.main(["assets/wikitext-2/wiki.valid.tokens", "--project-dir", str(project)]) == 1
+    err = capsys.readouterr().err
+    assert "spacy project run extract-wikitext2" in err and "assets/wikitext-2-v1.zip" in err
+    assert "spacy project run hf-wikitext2" in err and "--vars.wikitext2_dir" in err
+
+
 def test_corrupt_asset_is_reported_with_both_checksums(project, tmp_path, capsys):
     bad = tmp_path / "ptb" / "ptb.valid.txt"
     bad.parent.mkdir()
