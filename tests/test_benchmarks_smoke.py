@@ -85,18 +85,32 @@ def test_textcat_bench(corpus):
         assert model["gemm_layers_switched"] == 0
 
 
-@pytest.mark.parametrize("kernel", ["fused", "torch"])
-def test_spacy_train_kernels(corpus, kernel, tmp_path):
-    r = run_script(
-        "spacy_train_kernels.py", ROOT / "configs" / "textcat_gru.cfg",
-        "--train", corpus / "train.spacy", "--dev", corpus / "dev.spacy",
-        "--test", corpus / "test.spacy", "--max-steps", 4, "--eval-frequency", 2,
-        "--rnn-kernel", kernel, "--output", tmp_path / "out",
-    )
-    assert r["rnn_kernel"] == kernel and r["max_steps"] == 4
-    assert r["train_wall_s"] > 0 and r["evaluate_words_per_s"] > 0
-    assert 0.0 <= r["test_scores"]["cats_macro_f"] <= 1.0
-    assert (tmp_path / "out" / "model-best" / "meta.json").exists()
+def test_spacy_train_kernels(corpus, tmp_path):
+    runs = {}
+    for kernel in ("fused", "torch"):
+        r = run_script(
+            "spacy_train_kernels.py", ROOT / "configs" / "textcat_gru.cfg",
+            "--train", corpus / "train.spacy", "--dev", corpus / "dev.spacy",
+            "--test", corpus / "test.spacy", "--max-steps", 4, "--eval-frequency", 2,
+            "--rnn-kernel", kernel, "--output", tmp_path / kernel,
+        )
+        assert r["rnn_kernel"] == kernel and r["max_steps"] == 4
+        assert r["train_wall_s"] > 0 and r["evaluate_words_per_s"] > 0
+        assert (tmp_path / kernel / "model-best" / "meta.json").exists()
+        runs[kernel] = r["test_scores"]
+    # Same seed, same maths: after four steps the two kernels' pipelines
+    # differ only in float rounding.
+    assert runs["fused"]["cats_macro_auc"] == runs["torch"]["cats_macro_auc"]
+    import spacy
+
+    texts = [json.loads(line)["text"] for line in REVIEWS.read_text().splitlines()[:8]]
+    fused, torch_ = (spacy.load(tmp_path / k / "model-last") for k in ("fused", "torch"))
+    positive = []
+    for a, b in zip(fused.pipe(texts), torch_.pipe(texts)):
+        assert a.cats == pytest.approx(b.cats, abs=1e-5)
+        positive.append(a.cats["positive"])
+    # The scores differ from text to text, so equal ones mean equal models.
+    assert max(positive) - min(positive) > 1e-3
 
 
 @pytest.mark.parametrize(
@@ -124,8 +138,10 @@ def test_lm_throughput(ptb, extra):
         assert key in r
     assert r["torch_train_tokens_per_s"] > 0
     assert len(r["train_ratio_per_round"]) == 1 and r["train_ratio_median_of_rounds"] > 0
-    if r["spacy_rnn_error"] is None:
-        assert r["train_ratio"] > 0 and r["eval_ratio"] > 0
+    assert r["train_ratio"] > 0 and r["eval_ratio"] > 0
+    # Both sides learn: the fixture has 20 word types, so a uniform rnn_lm
+    # scores 20 (its spare rows are masked) and the plain loop 60.
+    assert r["spacy_rnn_valid_ppl"] < 20 and r["torch_valid_ppl"] < 60
 
 
 def test_profile_textcat():

@@ -164,9 +164,13 @@ def test_cli_reports_json(trained):
         assert out.returncode == 0, out.stderr
         report = json.loads(out.stdout)
         assert report["command"] == args[0]
-        for key in ("size_bytes", "speed_words_per_s", "accuracy", "max_abs_prob_diff"):
-            assert key in report
-        assert report["accuracy"]["change"] is not None
+        if args[0] == "quantize":
+            assert report["size_bytes"]["after"] < report["size_bytes"]["before"], report["size_bytes"]
+        # Measured: int8 drifts 3.4e-5, 30% pruning 0.0037; both keep
+        # accuracy 1.0 on the training docs (chance is 0.5).
+        assert report["max_abs_prob_diff"] < 0.05, report["max_abs_prob_diff"]
+        assert report["accuracy"]["before"] >= 0.9, report["accuracy"]
+        assert report["accuracy"]["change"] >= -0.1, report["accuracy"]
         if args[0] == "prune":
             assert report["sparsity_reached"] == pytest.approx(0.3, abs=0.01)
 
@@ -192,16 +196,26 @@ def test_finetune_after_prune_keeps_zeros_and_loads(trained, tmp_path):
         train_data=root / "eval.spacy", dev_data=root / "eval.spacy", learn_rate=0.01,
     )
     assert finetune["steps"] == 6 and len(finetune["loss"]) >= 1
+    # Dev is the training data, which the fixture model fits: measured 1.0
+    # at every stage; a collapsed model scores about 0.33 (macro F).
     for stage in ("unpruned", "pruned", "finetuned"):
-        assert "cats_score" in finetune[stage]
+        assert finetune[stage]["cats_score"] >= 0.9, (stage, finetune[stage])
     assert finetune["change"]["cats_score"] == pytest.approx(
         finetune["finetuned"]["cats_score"] - finetune["pruned"]["cats_score"])
     loaded = spacy.load(tmp_path / "tuned")
     assert _zeros_kept(tmp_path / "plain", find_targets(loaded))
     for target, t in zip(find_targets(loaded), report):
         assert numpy.mean(target.get() == 0) >= t["sparsity"]
-    assert set(loaded("great value").cats) == set(plain("great value").cats)
-    assert len(_predict_in_fresh_process(tmp_path / "tuned", texts)) == len(texts)
+    # The fine-tuned weights are what was saved (the pruned-only pipeline
+    # predicts up to 0.023 away), here and in a fresh interpreter.
+    expected = [nlp(t).cats for t in texts]
+    labels = set(plain("great value").cats)
+    for reloaded in ([loaded(t).cats for t in texts],
+                     _predict_in_fresh_process(tmp_path / "tuned", texts)):
+        assert len(reloaded) == len(texts)
+        for a, b in zip(expected, reloaded):
+            assert set(b) == labels
+            assert b == pytest.approx(a, abs=1e-6)
 
 
 def test_finetune_needs_train_data(trained, tmp_path):

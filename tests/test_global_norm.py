@@ -1,3 +1,4 @@
+import json
 import math
 import subprocess
 import sys
@@ -33,6 +34,10 @@ def _nlp_with_grads():
     nlp = blank_with_textcat()
     examples = fixture_examples(nlp)
     nlp.initialize(lambda: examples)
+    # One real step first: the output layer starts at zero, so the first
+    # backward pass leaves every gradient below it, the torch ones included,
+    # at exactly zero, and clipping them would prove nothing.
+    nlp.update(examples, sgd=Adam(0.01))
     nlp.update(examples, sgd=False)
     return nlp
 
@@ -43,6 +48,9 @@ def test_clipping_rescales_whole_gradient_including_torch():
     before = [g.copy() for g in grads]
     norm = _norm(grads)
     assert any(isinstance(g, numpy.ndarray) for g in grads)
+    torch_grads = [p.grad for node in model.walk() for shim in node.shims
+                   for p in shim._model.parameters() if p.grad is not None]
+    assert torch_grads and all(float(g.abs().max()) > 0 for g in torch_grads)
     reported = clip_global_norm(model, norm / 10)
     assert reported == pytest.approx(norm, rel=1e-4)
     after = _grads(model)
@@ -108,6 +116,11 @@ def test_config_setting_trains(fixture_corpus, tmp_path):
         capture_output=True, text=True,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    # The wrapped finish_update records the norm it clipped, and the
+    # component's cfg is saved with the pipeline. Above max_norm means the
+    # step was scaled down (measured 5.9 at the last step, clipped to 0.25).
+    cfg = json.loads((tmp_path / "out" / "model-last" / "textcat" / "cfg").read_text())
+    assert cfg["last_grad_norm"] > 0.25, cfg
 
 
 def test_cached_views_follow_the_arrays_thinc_holds():

@@ -131,7 +131,11 @@ def test_quantize_cli_reports_perplexity(float_and_int8, tmp_path):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout)
-    assert set(report["perplexity"]) == {"before", "after", "change"}
+    ppl = report["perplexity"]
+    # Measured 1.917 before, 1.916 after; guessing among the 20 words is 20.
+    assert ppl["before"] < 3, ppl
+    assert ppl["after"] == pytest.approx(ppl["before"], rel=0.05), ppl
+    assert ppl["change"] == pytest.approx(ppl["after"] - ppl["before"])
     assert report["size_bytes"]["after"] < report["size_bytes"]["before"]
     assert spacy.load(tmp_path / "q").get_pipe("rnn_lm").cfg["int8"] is True
 

@@ -54,8 +54,14 @@ def test_overfit_multilabel():
 
 def test_loss_goes_down_with_rnn_tanh_unidirectional():
     nlp = blank_with_textcat(cell="rnn_tanh", bidirectional=False, pooling="last")
-    history = _train(nlp, fixture_examples(nlp), n_iter=15)
-    assert history[-1] < history[0]
+    examples = fixture_examples(nlp)
+    history = _train(nlp, examples, n_iter=15)
+    # Measured: 0.25 -> 2e-8, every training doc right (chance is 0.5).
+    assert history[-1] < history[0] * 0.2
+    for eg in examples:
+        doc = nlp(eg.reference.text)
+        gold = max(eg.reference.cats, key=eg.reference.cats.get)
+        assert max(doc.cats, key=doc.cats.get) == gold, (doc.text, doc.cats)
 
 
 def test_label_added_after_initialize():
@@ -119,8 +125,18 @@ def test_spacy_textcat_accepts_the_architecture():
     # The architecture is spaCy-compatible, not tied to the rnn_ factories.
     nlp = spacy.blank("en")
     nlp.add_pipe("textcat", config=small_textcat_config())
-    _train(nlp, fixture_examples(nlp), n_iter=3)
+    examples = fixture_examples(nlp)
+    history = _train(nlp, examples, n_iter=5)
     assert set(nlp("great").cats) == {"positive", "negative"}
+    # Measured over five seeds: loss 0.25 -> 0.13-0.14, training accuracy
+    # 1.0 (chance is 0.5).
+    assert history[-1] < history[0] * 0.7, history
+    docs = nlp.pipe(eg.reference.text for eg in examples)
+    correct = [
+        max(doc.cats, key=doc.cats.get) == max(eg.reference.cats, key=eg.reference.cats.get)
+        for eg, doc in zip(examples, docs)
+    ]
+    assert numpy.mean(correct) >= 0.9, numpy.mean(correct)
 
 
 def test_segment_means_match_thincs_reduce_mean():

@@ -5,7 +5,7 @@ import numpy
 import pytest
 import spacy
 from spacy.util import load_model_from_config
-from thinc.api import Config, Linear, NumpyOps
+from thinc.api import Adam, Config, Linear, NumpyOps, fix_random_seed
 
 from spacy_rnn.optimization.torch_gemm import TorchGemmOps, use_torch_gemm
 
@@ -30,8 +30,15 @@ def _scores(nlp):
 
 def test_switches_every_plain_numpy_layer_and_keeps_predictions():
     nlp = blank_with_textcat()
-    nlp.initialize(lambda: fixture_examples(nlp))
+    examples = fixture_examples(nlp)
+    nlp.initialize(lambda: examples)
+    # Trained a little: the zero-initialised output layer predicts exactly
+    # 0.5 whatever computes the products.
+    optimizer = Adam(0.01)
+    for _ in range(3):
+        nlp.update(examples, sgd=optimizer)
     before = _scores(nlp)
+    assert numpy.abs(before - 0.5).max() > 1e-3, before
     n_plain = len(_plain_numpy_layers(nlp))
     assert n_plain > 0
     assert use_torch_gemm(nlp) == n_plain
@@ -55,17 +62,35 @@ def test_training_with_torch_gemm_overfits():
         assert max(doc.cats, key=doc.cats.get) == gold
 
 
-def test_listener_pipelines_switch_both_components():
+def _trained_listener_pipeline(torch_gemm):
+    fix_random_seed(0)
     nlp = spacy.blank("en")
     tok2vec = json.loads(json.dumps(SMALL_TEXTCAT_MODEL["tok2vec"]))
     nlp.add_pipe("tok2vec", config={"model": tok2vec})
     model = json.loads(json.dumps(SMALL_TEXTCAT_MODEL))
     model["tok2vec"] = {"@architectures": "spacy.Tok2VecListener.v1", "width": 32}
     nlp.add_pipe("textcat", config={"model": model})
-    assert use_torch_gemm(nlp) > 0
+    n_switched = use_torch_gemm(nlp) if torch_gemm else 0
+    examples = fixture_examples(nlp)
+    nlp.initialize(lambda: examples)
+    # A few steps: the zero-initialised output layer predicts exactly 0.5
+    # whatever computes the products, and the listener's backward pass into
+    # the shared tok2vec only shows after an update.
+    optimizer = Adam(0.01)
+    for _ in range(3):
+        nlp.update(examples, sgd=optimizer)
+    return nlp, n_switched
+
+
+def test_listener_pipelines_switch_both_components():
+    nlp, n_switched = _trained_listener_pipeline(torch_gemm=True)
+    assert n_switched > 0
     assert _plain_numpy_layers(nlp) == []
-    nlp.initialize(lambda: fixture_examples(nlp))
-    assert _scores(nlp).shape == (len(TEXTS), 2)
+    reference, _ = _trained_listener_pipeline(torch_gemm=False)
+    assert _plain_numpy_layers(reference)
+    # Same seed, same steps: only float32 rounding apart (measured 6e-8;
+    # with another seed the scores are 0.0075 away).
+    numpy.testing.assert_allclose(_scores(nlp), _scores(reference), atol=1e-5)
 
 
 def test_other_backends_are_left_alone():
@@ -101,8 +126,13 @@ def test_callback_from_config_survives_save_and_load(tmp_path):
     config["components"]["textcat"]["model"] = json.loads(json.dumps(SMALL_TEXTCAT_MODEL))
     nlp = load_model_from_config(config, auto_fill=True, validate=True)
     assert _plain_numpy_layers(nlp) == []
-    nlp.initialize(lambda: fixture_examples(nlp))
+    examples = fixture_examples(nlp)
+    nlp.initialize(lambda: examples)
+    optimizer = Adam(0.01)
+    for _ in range(3):  # away from the untrained model's 0.5 everywhere
+        nlp.update(examples, sgd=optimizer)
     expected = _scores(nlp)
+    assert numpy.abs(expected - 0.5).max() > 1e-3, expected
     nlp.to_disk(tmp_path / "pipeline")
     loaded = spacy.load(tmp_path / "pipeline")
     # spaCy runs after_pipeline_creation again on load.
