@@ -18,6 +18,7 @@ from spacy_rnn.torch_modules.fused_cross_entropy import (
 from spacy_rnn.torch_modules.language_model import RNNLanguageModel
 
 from .test_language_model import dev_examples, make_lm, stream_corpus, train_batches
+from .util import update_in_batches
 
 
 def _operands(n, width, vocab, seed=0):
@@ -224,14 +225,7 @@ def test_full_softmax_lm_learns_ptb_with_and_without_the_fused_loss(shared_data)
         lm.initialize(lambda: iter([]), nlp=nlp, vocab_path=str(ptb / "ptb.train.txt"))
         make_clip_global_norm_callback(0.25, ["rnn_lm"])(nlp)
         optimizer = Adam(0.001, grad_clip=0.0, L2=0.0)
-        batch, steps = [], 0
-        for eg in corpus(nlp):
-            batch.append(eg)
-            if len(batch) == 20:
-                nlp.update(batch, sgd=optimizer)
-                batch, steps = [], steps + 1
-                if steps == 500:
-                    break
+        assert update_in_batches(nlp, corpus(nlp), 20, 500, optimizer) == 500
         ppl[fused] = lm.evaluate_stream(valid, batch_size=10)["perplexity"]
     assert ppl[True] < 520 and ppl[False] < 520
     assert ppl[True] == pytest.approx(ppl[False], rel=0.05)

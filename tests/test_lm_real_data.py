@@ -13,6 +13,8 @@ from thinc.api import Adam, fix_random_seed
 from spacy_rnn.corpus.token_stream import TokenStreamCorpus
 from spacy_rnn.optimization.global_norm import make_clip_global_norm_callback
 
+from .util import update_in_batches
+
 STEPS = 250
 VOCAB = 5000
 
@@ -47,15 +49,7 @@ def test_small_lm_learns_ptb(shared_data):
     before = lm.evaluate_stream(valid, batch_size=10)["perplexity"]
     optimizer = Adam(0.003, grad_clip=0.0, L2=0.0)
     corpus = TokenStreamCorpus(ptb / "ptb.train.txt", n_streams=20, doc_length=35)
-    batch, steps = [], 0
-    for eg in corpus(nlp):
-        batch.append(eg)
-        if len(batch) == 20:
-            nlp.update(batch, sgd=optimizer)
-            batch, steps = [], steps + 1
-            if steps == STEPS:
-                break
-    assert steps == STEPS
+    assert update_in_batches(nlp, corpus(nlp), 20, STEPS, optimizer) == STEPS
     after = lm.evaluate_stream(valid, batch_size=10)
     # Untrained, the model is close to uniform over its vocabulary.
     assert before > 0.5 * VOCAB

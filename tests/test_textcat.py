@@ -19,6 +19,17 @@ def _train(nlp, examples, n_iter=25):
     return history
 
 
+def _misclassified(nlp, examples):
+    """(text, cats) of each example whose best-scoring label is not its gold one."""
+    wrong = []
+    for eg, doc in zip(examples, nlp.pipe(eg.reference.text for eg in examples)):
+        assert sum(doc.cats.values()) == pytest.approx(1.0, abs=1e-4)
+        gold = max(eg.reference.cats, key=eg.reference.cats.get)
+        if max(doc.cats, key=doc.cats.get) != gold:
+            wrong.append((doc.text, doc.cats))
+    return wrong
+
+
 @pytest.mark.parametrize("pooling", ["mean", "max", "last", "attention"])
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_overfit_exclusive(pooling, cell):
@@ -26,11 +37,7 @@ def test_overfit_exclusive(pooling, cell):
     examples = fixture_examples(nlp)
     history = _train(nlp, examples, n_iter=30)
     assert history[-1] < history[0] * 0.2
-    for eg in examples:
-        doc = nlp(eg.reference.text)
-        gold = max(eg.reference.cats, key=eg.reference.cats.get)
-        assert max(doc.cats, key=doc.cats.get) == gold, (pooling, cell, doc.text, doc.cats)
-        assert sum(doc.cats.values()) == pytest.approx(1.0, abs=1e-4)
+    assert _misclassified(nlp, examples) == [], (pooling, cell)
 
 
 def test_overfit_multilabel():
@@ -58,10 +65,7 @@ def test_loss_goes_down_with_rnn_tanh_unidirectional():
     history = _train(nlp, examples, n_iter=15)
     # Measured: 0.25 -> 2e-8, every training doc right (chance is 0.5).
     assert history[-1] < history[0] * 0.2
-    for eg in examples:
-        doc = nlp(eg.reference.text)
-        gold = max(eg.reference.cats, key=eg.reference.cats.get)
-        assert max(doc.cats, key=doc.cats.get) == gold, (doc.text, doc.cats)
+    assert _misclassified(nlp, examples) == []
 
 
 def test_label_added_after_initialize():
@@ -131,12 +135,8 @@ def test_spacy_textcat_accepts_the_architecture():
     # Measured over five seeds: loss 0.25 -> 0.13-0.14, training accuracy
     # 1.0 (chance is 0.5).
     assert history[-1] < history[0] * 0.7, history
-    docs = nlp.pipe(eg.reference.text for eg in examples)
-    correct = [
-        max(doc.cats, key=doc.cats.get) == max(eg.reference.cats, key=eg.reference.cats.get)
-        for eg, doc in zip(examples, docs)
-    ]
-    assert numpy.mean(correct) >= 0.9, numpy.mean(correct)
+    wrong = _misclassified(nlp, examples)
+    assert len(wrong) <= 0.1 * len(examples), wrong
 
 
 def test_segment_means_match_thincs_reduce_mean():

@@ -1,7 +1,7 @@
 """Helpers shared by the tests."""
 import json
 from pathlib import Path
-from typing import List
+from typing import Iterable, List
 
 import spacy
 from spacy.training import Example
@@ -57,3 +57,17 @@ def blank_with_textcat(factory="rnn_textcat", **kwargs):
     nlp = spacy.blank("en")
     nlp.add_pipe(factory, config=small_textcat_config(**kwargs))
     return nlp
+
+
+def update_in_batches(nlp, examples: Iterable[Example], batch_size: int, steps: int, sgd) -> int:
+    """Update on consecutive batches of ``examples`` (a language model's
+    parallel streams), ``steps`` times at most; the number of updates."""
+    batch, done = [], 0
+    for eg in examples:
+        batch.append(eg)
+        if len(batch) == batch_size:
+            nlp.update(batch, sgd=sgd)
+            batch, done = [], done + 1
+            if done == steps:
+                break
+    return done
