@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import spacy
 
 from .util import FIXTURES, ROOT
 
@@ -101,8 +102,6 @@ def test_spacy_train_kernels(corpus, tmp_path):
     # Same seed, same maths: after four steps the two kernels' pipelines
     # differ only in float rounding.
     assert runs["fused"]["cats_macro_auc"] == runs["torch"]["cats_macro_auc"]
-    import spacy
-
     texts = [json.loads(line)["text"] for line in REVIEWS.read_text().splitlines()[:8]]
     fused, torch_ = (spacy.load(tmp_path / k / "model-last") for k in ("fused", "torch"))
     positive = []

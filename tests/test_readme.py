@@ -61,7 +61,7 @@ def _commands() -> List[Tuple[str, List[str]]]:
     for span in _shell_spans():
         # A bare `spacy ...` is `python -m spacy ...`; `bash x.sh` runs a script.
         tokens = []
-        for i, tok in enumerate(span.replace("&&", " ").replace(";", " ").split()):
+        for tok in span.replace("&&", " ").replace(";", " ").split():
             if tok == "spacy" and (not tokens or tokens[-1] != "-m"):
                 tokens += ["python", "-m", "spacy"]
             elif tok == "bash":
