@@ -57,18 +57,27 @@ def apply_gemm(nlp, args) -> int:
 
 
 def add_rnn_kernel_arg(parser) -> None:
-    parser.add_argument("--rnn-kernel", choices=["fused", "torch"], default="fused",
+    parser.add_argument("--rnn-kernel", choices=["fused", "fused-buckets", "torch"], default="fused",
                         help="what runs spacy-rnn's GRU and Elman RNN layers on the CPU: its "
-                             "fused loops (spacy_rnn/torch_modules/fused_gru.py, fused_elman.py; "
-                             "the default) or nn.GRU / nn.RNN. LSTMs always run PyTorch's kernel")
+                             "fused loops (spacy_rnn/torch_modules/fused_gru.py, fused_elman.py) "
+                             "over a whole batch at once (the default), the same loops once per "
+                             "length bucket (as before session 14), or nn.GRU / nn.RNN. LSTMs "
+                             "always run PyTorch's kernel")
+
+
+def set_rnn_kernel(stack_or_class, kernel: str) -> None:
+    """Set ``fused_cpu_kernels`` and ``ragged_cpu_loop`` on an ``RNNStack``
+    (or on the class, for every stack) for an ``--rnn-kernel`` value."""
+    stack_or_class.fused_cpu_kernels = kernel != "torch"
+    stack_or_class.ragged_cpu_loop = kernel == "fused"
 
 
 def apply_rnn_kernel(nlp, args) -> int:
-    """Set ``RNNStack.fused_cpu_kernels`` (for every stack) from
+    """Set the ``RNNStack`` class's kernels (for every stack) from
     ``--rnn-kernel``; the number of stacks in the pipeline's models."""
     from spacy_rnn.torch_modules.rnn_stack import RNNStack
 
-    RNNStack.fused_cpu_kernels = getattr(args, "rnn_kernel", "fused") == "fused"
+    set_rnn_kernel(RNNStack, getattr(args, "rnn_kernel", "fused"))
     return len(rnn_stacks(nlp))
 
 

@@ -18,6 +18,11 @@ the real reviews, fresh shapes every batch):
 * ``reverse_boX``: ``RNNStack(method="reverse", bucket_overhead=X)``;
 * ``packed``: ``RNNStack(method="packed", bucket_overhead=0)``.
 
+On the CPU, ``RNNStack``'s fused GRU and Elman loops run a whole batch in one
+ragged loop and ignore the bucket overhead: every ``reverse_boX`` then runs
+the same code, computes only real positions, and the JSON says
+``"ragged_cpu_loop": true``.
+
 Prints one JSON object: seconds per batch, exactness (max abs difference
 between a doc encoded alone and in its batch), computed positions per real
 token, the packed/padded ratio and the fastest bucket overhead.
@@ -122,26 +127,34 @@ def main(argv=None):
             W, W, cell=args.cell, method="reverse", bucket_overhead=bo)
     stacks["packed"] = RNNStack(W, W, cell=args.cell, method="packed", bucket_overhead=0)
     for name, stack in stacks.items():
-        stack.fused_cpu_kernels = args.rnn_kernel == "fused"
+        _common.set_rnn_kernel(stack, args.rnn_kernel)
         stack.to(device)
         methods[name] = stack
 
     def positions(name, lengths):
+        # (positions computed, time steps walked, recurrent calls) per layer
+        # and direction for one batch.
         lengths_np = numpy.sort(numpy.asarray(lengths))[::-1]
+        longest = int(lengths_np[0])
         if name == "padded_fused":
-            return len(lengths) * int(lengths_np[0])
-        if name in ("pack_padded", "packed"):
-            return int(lengths_np.sum())
-        bo = stacks[name].bucket_overhead
-        return int(sum((b - a) * lengths_np[a] for a, b in plan_buckets(lengths_np, bo)))
+            return len(lengths) * longest, longest, 1
+        if name in ("pack_padded", "packed") or ragged.get(name):
+            return int(lengths_np.sum()), longest, 1
+        buckets = plan_buckets(lengths_np, stacks[name].bucket_overhead)
+        computed = sum((b - a) * lengths_np[a] for a, b in buckets)
+        return int(computed), int(sum(lengths_np[a] for a, _ in buckets)), len(buckets)
 
     # Methods take turns on each batch (in a shuffled order) so that load
     # from other processes hits them alike; a method stops once it has used
     # its time budget, and ratios are taken over the batches both ran.
     times = {name: {} for name in methods}
+    ragged = {}
     spent = {name: 0.0 for name in methods}
     computed = {name: 0 for name in methods}
     real = {name: 0 for name in methods}
+    walked = {name: 0 for name in methods}
+    longest = {name: 0 for name in methods}
+    calls = {name: 0 for name in methods}
     order = list(methods)
     for i, lengths in enumerate(batches):
         active = [n for n in order if spent[n] < args.seconds]
@@ -151,6 +164,8 @@ def main(argv=None):
         flat_data = torch.randn(sum(lengths), W, device=device)
         for name in active:
             flat = flat_data.clone().requires_grad_(True)
+            if name in stacks:
+                ragged[name] = stacks[name].ragged_loop_applies(flat, lengths)
             start = _common.timer(device)
             Y = methods[name](flat, lengths)
             Y.sum().backward()
@@ -159,7 +174,11 @@ def main(argv=None):
                 continue
             times[name][i] = elapsed
             spent[name] += elapsed
-            computed[name] += positions(name, lengths)
+            n_computed, n_walked, n_calls = positions(name, lengths)
+            computed[name] += n_computed
+            walked[name] += n_walked
+            calls[name] += n_calls
+            longest[name] += max(lengths)
             real[name] += sum(lengths)
 
     results = {}
@@ -171,6 +190,10 @@ def main(argv=None):
             "batches": int(t.size),
             "tokens_per_s": real[name] / float(t.sum()),
             "computed_positions_per_real_token": computed[name] / max(real[name], 1),
+            # Time steps walked per batch over the longest doc's length: the
+            # loops' fixed cost per step is paid this many times over.
+            "steps_walked_per_longest": walked[name] / max(longest[name], 1),
+            "recurrent_calls_per_batch": calls[name] / max(int(t.size), 1),
             "max_abs_diff_alone_vs_batch": exactness(fn, batches[0], W, device),
         }
 
@@ -193,6 +216,7 @@ def main(argv=None):
         "cell": args.cell,
         "rnn_kernel": None if args.cell == "lstm" else args.rnn_kernel,
         "bidirectional": True,
+        "ragged_cpu_loop": any(ragged.values()),
         "length_pool_size": len(pool),
         "mean_length": float(numpy.mean(pool)),
         "max_length": int(max(pool)),

@@ -49,7 +49,7 @@ def main(argv=None):
 
     from spacy_rnn.torch_modules.rnn_stack import RNNStack
 
-    RNNStack.fused_cpu_kernels = args.rnn_kernel == "fused"
+    _common.set_rnn_kernel(RNNStack, args.rnn_kernel)
     overrides = {
         "paths.train": str(args.train),
         "paths.dev": str(args.dev),

@@ -4,8 +4,10 @@ import pytest
 import torch
 from torch import nn
 
+from spacy_rnn.torch_modules import fused_elman as fused_elman_module
+from spacy_rnn.torch_modules import fused_gru as fused_gru_module
 from spacy_rnn.torch_modules import rnn_stack
-from spacy_rnn.torch_modules.cpu_loop import cpu_autocast_enabled
+from spacy_rnn.torch_modules.cpu_loop import StepLayout, cpu_autocast_enabled
 from spacy_rnn.torch_modules.fused_elman import (
     _FusedElman,
     fused_elman_applies,
@@ -74,17 +76,43 @@ def test_outputs_and_gradients_match_nn_gru(dtype, shape, n_dirs):
     _check_against_modules(grus, run, (B, T, I, H), dtype)
 
 
-def test_gradcheck_two_directions():
+def test_step_layout_segments_blocks_and_rows():
+    layout = StepLayout([3, 3, 2, 1, 1], 2)
+    assert layout.N == 10
+    assert layout.segments == [(0, 2, 3), (2, 3, 2), (3, 5, 1)]
+    assert layout.blocks(1) == [(0, 2), (2, 3), (3, 5)]
+    assert layout.blocks(7) == [(0, 3), (3, 5)]
+    assert layout.blocks(100) == [(0, 5)]
+    # Step layout: each step's rows are one (K, n_t) block, direction-major.
+    assert layout.step_rows().tolist() == [
+        [0, 1, 2, 6, 7, 8, 12, 13, 16, 18],
+        [3, 4, 5, 9, 10, 11, 14, 15, 17, 19],
+    ]
+    step = torch.arange(20.0).unsqueeze(1)
+    assert layout.to_packed(step)[:, :, 0].tolist() == layout.step_rows().tolist()
+    with pytest.raises(ValueError, match="non-increasing"):
+        StepLayout([2, 3], 1)
+    with pytest.raises(ValueError, match="positive"):
+        StepLayout([2, 0], 1)
+
+
+# Uniform (a padded batch) and ragged: sequences of 6, 4, 4 and 1 steps.
+LAYOUTS = [[3] * 6, [3, 3, 3, 3, 1, 1]]
+
+
+@pytest.mark.parametrize("sizes", LAYOUTS)
+def test_gradcheck_two_directions(sizes):
     torch.manual_seed(0)
     gru = nn.GRU(3, 4, batch_first=True).double()
-    X = torch.randn(2, 2, 6, 3, dtype=torch.float64, requires_grad=True)
-    h0 = torch.randn(2, 2, 4, dtype=torch.float64, requires_grad=True)
+    layout = StepLayout(sizes, 2)
+    X = torch.randn(2, layout.N, 3, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(2, sizes[0], 4, dtype=torch.float64, requires_grad=True)
     weights = tuple(
         torch.stack([p.detach(), p.detach() * 0.5]).requires_grad_()
         for p in gru._flat_weights
     )
     assert torch.autograd.gradcheck(
-        lambda X, h0, *w: _FusedGRU.apply(X, h0, *w, True), (X, h0) + weights
+        lambda X, h0, *w: _FusedGRU.apply(X, h0, *w, layout, True), (X, h0) + weights
     )
 
 
@@ -105,18 +133,20 @@ def test_elman_outputs_and_gradients_match_nn_rnn(dtype, nonlinearity, n_dirs):
     _check_against_modules(rnns, run, (5, 30, 7, 9), dtype)
 
 
-def test_elman_gradcheck_two_directions():
+@pytest.mark.parametrize("sizes", LAYOUTS)
+def test_elman_gradcheck_two_directions(sizes):
     torch.manual_seed(0)
     rnn = nn.RNN(3, 4, batch_first=True).double()
-    X = torch.randn(2, 2, 6, 3, dtype=torch.float64, requires_grad=True)
-    h0 = torch.randn(2, 2, 4, dtype=torch.float64, requires_grad=True)
+    layout = StepLayout(sizes, 2)
+    X = torch.randn(2, layout.N, 3, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(2, sizes[0], 4, dtype=torch.float64, requires_grad=True)
     w_ih, w_hh, b_ih, b_hh = rnn._flat_weights
     weights = tuple(
         torch.stack([p.detach(), p.detach() * 0.5]).requires_grad_()
         for p in (w_ih, w_hh, b_ih + b_hh)
     )
     assert torch.autograd.gradcheck(
-        lambda X, h0, *w: _FusedElman.apply(X, h0, *w, False), (X, h0) + weights
+        lambda X, h0, *w: _FusedElman.apply(X, h0, *w, False, layout), (X, h0) + weights
     )
 
 
@@ -204,11 +234,56 @@ def test_rnn_stack_training_matches_torch_modules(cell, bidirectional, depth):
         assert torch.allclose(a, b, atol=1e-4)
 
 
+@pytest.mark.parametrize("cell", ["gru", "rnn_tanh", "rnn_relu"])
+@pytest.mark.parametrize("bidirectional", [True, False])
+@pytest.mark.parametrize("block_rows", [4096, 7])
+def test_ragged_loop_matches_torch_modules_on_many_lengths(
+    cell, bidirectional, block_rows, monkeypatch
+):
+    # Twenty sequences of 1-40 steps, ties included: the ragged loop's
+    # batch shrinks at every distinct length. Float64, so that any row
+    # read from the wrong step or sequence shows. With 7 rows per block the
+    # input projection runs block by block, and inference runs in groups of
+    # sequences of about 60 rows.
+    for module in (fused_gru_module, fused_elman_module):
+        monkeypatch.setattr(module, "PROJECTION_BLOCK_ROWS", block_rows)
+    if block_rows < 100:
+        monkeypatch.setattr(rnn_stack, "INFERENCE_GROUP_ROWS", 60)
+    torch.manual_seed(3)
+    fused, plain = _pair(cell, bidirectional=bidirectional, depth=2, layer_norm=True, residual=True)
+    fused.double()
+    plain.double()
+    lengths = torch.randint(1, 41, (20,)).tolist() + [17, 17, 0]
+    flat = torch.randn(sum(lengths), 6, dtype=torch.float64)
+    target = torch.randn(sum(lengths), 8, dtype=torch.float64)
+    results = []
+    for module in (fused, plain):
+        module.train()
+        x = flat.clone().requires_grad_()
+        out = module(x, lengths)
+        (out * target).sum().backward()
+        with torch.no_grad():
+            inferred = module.eval()(flat, lengths)
+        results.append((out.detach(), inferred, x.grad, [p.grad for p in module.parameters()]))
+    for a, b in zip(results[0][:3], results[1][:3]):
+        assert torch.allclose(a, b, atol=1e-10)
+    for a, b in zip(results[0][3], results[1][3]):
+        assert torch.allclose(a, b, atol=1e-9)
+    # Each sequence alone gives the same rows as in the batch.
+    starts = [0] + torch.tensor(lengths).cumsum(0).tolist()
+    with torch.no_grad():
+        for j in (0, 5, 21):
+            alone = fused(flat[starts[j] : starts[j + 1]], [lengths[j]])
+            assert torch.allclose(alone, results[0][1][starts[j] : starts[j + 1]], atol=1e-12)
+
+
 @pytest.mark.parametrize("cell", ["gru", "rnn_tanh"])
 def test_rnn_stack_weight_drop_draws_the_same_masks(cell):
     # The fused path drops each direction's recurrent matrix in the same
     # order as PyTorch's path, so a seed gives the same masks and outputs.
-    fused, plain = _pair(cell, bidirectional=True, depth=2, weight_drop=0.5, dropout=0.3)
+    # (Dropout on activations draws its masks in another shape there: the
+    # fused path's rows are not padded.)
+    fused, plain = _pair(cell, bidirectional=True, depth=2, weight_drop=0.5)
     lengths = [5, 9, 2]
     flat = torch.randn(sum(lengths), 6)
     outs = []
@@ -226,27 +301,48 @@ def test_rnn_stack_weight_drop_draws_the_same_masks(cell):
 
 def test_rnn_stack_uses_the_fused_loop_where_it_should(monkeypatch):
     calls = []
-    real = rnn_stack.fused_gru_directions
+    real_padded = rnn_stack.fused_gru_directions
+    real_ragged = rnn_stack.fused_gru_ragged
 
-    def counting(Xs, h0s, weights):
-        calls.append(len(Xs))
-        return real(Xs, h0s, weights)
+    def counting_padded(Xs, h0s, weights):
+        calls.append(("padded", len(Xs)))
+        return real_padded(Xs, h0s, weights)
 
-    monkeypatch.setattr(rnn_stack, "fused_gru_directions", counting)
+    def counting_ragged(X, weights, layout):
+        calls.append(("ragged", len(weights)))
+        return real_ragged(X, weights, layout)
+
+    monkeypatch.setattr(rnn_stack, "fused_gru_directions", counting_padded)
+    monkeypatch.setattr(rnn_stack, "fused_gru_ragged", counting_ragged)
     lengths = [4, 2]
     flat = torch.randn(6, 6)
     bi, _ = _pair(bidirectional=True)
     uni, _ = _pair(bidirectional=False)
     bi.train()(flat, lengths)
     uni.train()(flat, lengths)
-    assert calls == [2, 1]
+    # A batch of any lengths runs one ragged loop per layer.
+    assert calls == [("ragged", 2), ("ragged", 1)]
     calls.clear()
     # Inference: both directions are fused, one direction alone is not
     # (nn.GRU's own loop is faster there).
     with torch.no_grad():
         bi.eval()(flat, lengths)
         uni.eval()(flat, lengths)
-    assert calls == [2]
+        assert calls == [("ragged", 2)]
+        calls.clear()
+        # Sequences long enough to be encoded in chunks keep the chunked
+        # path, one direction at a time, on nn.GRU.
+        bi.inference_chunk = 3
+        bi(flat, lengths)
+        assert calls == []
+    # With ragged_cpu_loop off, the same loop runs once per length bucket.
+    bi.ragged_cpu_loop = False
+    bi.train()(flat, lengths)
+    assert calls == [("padded", 2)]
+    calls.clear()
+    # Stream mode (language models) runs the padded loop.
+    uni.train().forward_stream(torch.randn(2, 5, 6))
+    assert calls == [("padded", 1)]
     calls.clear()
     bi.fused_cpu_kernels = False
     uni.fused_cpu_kernels = False

@@ -154,6 +154,21 @@ def test_locked_dropout_uses_one_mask_per_sequence():
     assert torch.equal(module._drop(X, 0.5), X)
 
 
+def test_locked_dropout_on_rows_uses_one_mask_per_sequence():
+    # The fused CPU loops' path keeps rows unpadded, as (rows, width) with
+    # the sequence of each row: every row of a sequence sees its mask.
+    torch.manual_seed(0)
+    module = RNNStack(4, 6, bidirectional=False, locked_dropout=True).train()
+    lengths = [3, 5, 2]
+    row_seq = torch.repeat_interleave(torch.arange(3), torch.tensor(lengths))
+    dropped = module._drop(torch.ones(10, 40), 0.5, row_seq)
+    masks = [rows for rows in dropped.split(lengths)]
+    for rows in masks:
+        assert torch.equal(rows, rows[:1].expand_as(rows))
+    assert not torch.equal(masks[0][0], masks[1][0])
+    assert (dropped == 0).any() and (dropped == 2).any()
+
+
 @pytest.mark.parametrize("rate_name", ["input_dropout", "output_dropout", "weight_drop"])
 def test_bad_dropout_rates_refused(rate_name):
     with pytest.raises(ValueError, match=rate_name):

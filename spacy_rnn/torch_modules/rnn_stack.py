@@ -12,6 +12,12 @@ the backward direction as a forward pass over each sequence reversed inside
 its own length: the padding then trails every sequence in both directions and
 can never leak into a real position.
 
+GRU and Elman stacks on the CPU skip the buckets: their fused loops
+(``fused_gru.py``, ``fused_elman.py``) run the whole batch, sorted longest
+first, in one loop per layer whose every step computes only the sequences
+still running (the ragged layout of ``cpu_loop.StepLayout``): no padded
+position is computed and no step is run twice.
+
 Long sequences in inference are encoded in chunks of ``inference_chunk``
 time steps per layer and direction, carrying the recurrent state from one
 chunk to the next (the right-to-left direction walks its chunks from the
@@ -25,8 +31,9 @@ import numpy
 import torch
 from torch import nn
 
-from .fused_elman import fused_elman_applies, fused_elman_directions
-from .fused_gru import fused_gru_applies, fused_gru_directions
+from .cpu_loop import StepLayout
+from .fused_elman import fused_elman_applies, fused_elman_directions, fused_elman_ragged
+from .fused_gru import fused_gru_applies, fused_gru_directions, fused_gru_ragged
 from .transfer import to_device
 
 CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
@@ -42,6 +49,12 @@ DEFAULT_BUCKET_OVERHEAD = 4.0
 # the same benchmark ran fastest at 16 (0.82-0.83 of the padded fused
 # call's time, against 1.04-1.07 at 4), in two runs.
 CUDA_BUCKET_OVERHEAD = 16.0
+
+# Rows per group of sequences when the fused CPU loops encode a large batch
+# in inference (RNNStack._forward_ragged): enough rows that each step still
+# has many sequences to compute, few enough that the loop's copies of its
+# input and output stay small next to the batch's embeddings.
+INFERENCE_GROUP_ROWS = 32768
 
 # Time steps per recurrent call when encoding long sequences in inference
 # (benchmarks/long_doc_memory.py): short enough that a call's work space is
@@ -86,7 +99,11 @@ class RNNStack(nn.Module):
     GRU and Elman layers on the CPU run the loops of ``fused_gru.py`` and
     ``fused_elman.py`` (a hand-written backward pass, both directions of a
     layer in one loop) where they are faster than PyTorch's own: in
-    training, and for two directions in inference. The outputs are
+    training, and for two directions in inference. There ``forward`` runs
+    the whole batch through one ragged loop per layer, with no buckets and
+    no padding (``ragged_loop_applies``), and ``bucket_overhead`` has no
+    effect; set ``ragged_cpu_loop`` to False to run the loops once per
+    length bucket instead. The outputs are
     ``nn.GRU``'s and ``nn.RNN``'s up to rounding. Set ``fused_cpu_kernels``
     to False on a stack, or on the class for every stack, to run PyTorch's
     modules throughout (it is not part of the saved state). LSTMs always run
@@ -95,6 +112,7 @@ class RNNStack(nn.Module):
     """
 
     fused_cpu_kernels = True
+    ragged_cpu_loop = True
 
     def __init__(
         self,
@@ -223,6 +241,9 @@ class RNNStack(nn.Module):
         # needs the order anyway.
         order = numpy.argsort(-lengths_np, kind="stable")
         order = order[lengths_np[order] > 0]
+        ragged = self._ragged_loop(flat, int(lengths_np.max()))
+        if ragged is not None:
+            return self._forward_ragged(flat, lengths_np, starts, order, ragged)
         if self._inference():
             return self._forward_lean(flat, lengths_np, starts, order)
         padded_flat = torch.cat([flat, flat.new_zeros((1, flat.shape[1]))], dim=0)
@@ -292,6 +313,83 @@ class RNNStack(nn.Module):
             out[target] = rows
             del Y, rows
         return out
+
+    def _forward_ragged(self, flat, lengths_np, starts, order, run) -> torch.Tensor:
+        """``forward`` through a fused CPU loop that runs the whole batch at
+        once, each step over the sequences still running: no padding, no
+        buckets, and one loop per layer whatever the lengths. In inference,
+        a batch of more than ``INFERENCE_GROUP_ROWS`` rows runs in groups of
+        sequences of about that many rows, so that the loop's copies of its
+        input and output stay bounded."""
+        sorted_lengths = lengths_np[order]
+        if not self._inference():
+            row_seq = None
+            if self.locked_dropout:
+                row_seq = numpy.repeat(numpy.arange(len(lengths_np)), lengths_np)
+                row_seq = torch.from_numpy(row_seq)
+            return self._ragged_pass(flat, starts[order], sorted_lengths, run, row_seq)
+        # Cut the sorted sequences into groups of at least
+        # INFERENCE_GROUP_ROWS rows each (the last may have fewer).
+        ends = numpy.cumsum(sorted_lengths)
+        cuts = [0]
+        while cuts[-1] < len(order):
+            done = int(ends[cuts[-1] - 1]) if cuts[-1] else 0
+            cut = int(numpy.searchsorted(ends, done + INFERENCE_GROUP_ROWS, side="left")) + 1
+            cuts.append(min(cut, len(order)))
+        if len(cuts) == 2:
+            return self._ragged_pass(flat, starts[order], sorted_lengths, run)
+        out = flat.new_empty((flat.shape[0], self.hidden_size))
+        for a, b in zip(cuts, cuts[1:]):
+            seqs = order[a:b]
+            lengths = lengths_np[seqs]
+            local_starts = numpy.cumsum(lengths) - lengths
+            rows = torch.from_numpy(
+                numpy.repeat(starts[seqs] - local_starts, lengths) + numpy.arange(int(lengths.sum()))
+            )
+            out[rows] = self._ragged_pass(flat.index_select(0, rows), local_starts, lengths, run)
+        return out
+
+    def _ragged_pass(self, X, seq_starts, seq_lengths, run, row_seq=None) -> torch.Tensor:
+        """Encode the sequences of X's rows, sorted longest first, through
+        one ragged loop per layer. Between layers the rows stay in X's
+        order; each layer gathers its input into the loop's packed order
+        (for the right-to-left direction, each sequence reversed inside its
+        own length) and its output back.
+
+        X (torch.Tensor): (rows, input) rows of exactly these sequences.
+        seq_starts (numpy.ndarray): Each sequence's first row in X.
+        seq_lengths (numpy.ndarray): Each sequence's length, descending.
+        run: The ragged loop (``fused_gru_ragged`` or the Elman one).
+        row_seq (Optional[torch.Tensor]): Each row's sequence, for locked
+            dropout in training.
+        RETURNS (torch.Tensor): (rows, hidden_size), in X's order.
+        """
+        K = self.dirs
+        n_rows = X.shape[0]
+        T = int(seq_lengths[0])
+        # Sequences still running at each step, longest first.
+        ended = numpy.cumsum(numpy.bincount(seq_lengths, minlength=T + 1))
+        layout = StepLayout(len(seq_lengths) - ended[:T], K)
+        t = numpy.repeat(numpy.arange(T), layout.sizes)
+        seq = numpy.arange(layout.N) - layout.offsets[t]
+        sources = [seq_starts[seq] + t]
+        if K == 2:
+            sources.append(seq_starts[seq] + seq_lengths[seq] - 1 - t)
+        gather = torch.from_numpy(numpy.concatenate(sources))
+        # Row of the step-layout output for each (row of X, direction).
+        back = numpy.empty((n_rows, K), dtype="int64")
+        back[numpy.stack(sources).T, numpy.arange(K)] = layout.step_rows().T
+        back = torch.from_numpy(back.reshape(-1))
+        X = self._drop(X, self.input_dropout, row_seq)
+        for i in range(self.depth):
+            weights = [self._rnn_weights(self.fwd[i])]
+            if K == 2:
+                weights.append(self._rnn_weights(self.bwd[i]))
+            packed = X.index_select(0, gather).view(K, layout.N, X.shape[-1])
+            Y = run(packed, weights, layout)
+            Y = Y.index_select(0, back).view(n_rows, K * Y.shape[-1])
+            X = self._after_layer(i, X, Y, row_seq)
+        return self._drop(X, self.output_dropout, row_seq)
 
     def forward_padded(self, X: torch.Tensor, lengths: List[int]) -> torch.Tensor:
         """Encode a padded, batch-first tensor whose lengths are sorted
@@ -440,6 +538,38 @@ class RNNStack(nn.Module):
             return functools.partial(fused_elman_directions, nonlinearity=rnn.nonlinearity)
         return None
 
+    def ragged_loop_applies(self, flat: torch.Tensor, lengths: Sequence[int]) -> bool:
+        """Whether ``forward(flat, lengths)`` runs the batch through one
+        ragged fused CPU loop per layer (no padding, no buckets) rather
+        than through length buckets.
+
+        flat (torch.Tensor): (sum(lengths), input_size) rows, as for
+            ``forward``.
+        lengths (Sequence[int]): Length of each sequence.
+        RETURNS (bool): True on the CPU for GRU and Elman stacks with
+            ``fused_cpu_kernels`` on, in training (with autograd) or with two
+            directions, unless ``method="packed"`` or the batch is long
+            enough for chunked inference.
+        """
+        longest = max((int(n) for n in lengths), default=0)
+        return longest > 0 and self._ragged_loop(flat, longest) is not None
+
+    def _ragged_loop(self, flat: torch.Tensor, longest: int):
+        # The ragged fused loop for this stack and batch, or None. Where a
+        # fused loop would run each bucket, one ragged loop runs them all;
+        # "packed" asks for PyTorch's packed kernels, and sequences long
+        # enough to be encoded in chunks keep the chunked path.
+        if self.method == "packed" or not (self.fused_cpu_kernels and self.ragged_cpu_loop):
+            return None
+        if self._inference() and 0 < self.inference_chunk < longest:
+            return None
+        probe = flat.unsqueeze(0)
+        if self._fused_loop(self.fwd[0], probe, both=self.bidirectional) is None:
+            return None
+        if self.cell == "gru":
+            return fused_gru_ragged
+        return functools.partial(fused_elman_ragged, nonlinearity=self.fwd[0].nonlinearity)
+
     def _rnn_weights(self, rnn) -> List[torch.Tensor]:
         # The module's weights in its _flat_weights order, with weight drop
         # applied as on PyTorch's path (same masks for the same seed).
@@ -471,22 +601,28 @@ class RNNStack(nn.Module):
         finally:
             rnn._flat_weights = saved
 
-    def _drop(self, X, rate):
+    def _drop(self, X, rate, row_seq=None):
+        # X: (batch, time, width), or (rows, width) rows of the sequences
+        # that ``row_seq`` names, one per row.
         if not self.training or rate <= 0:
             return X
         if not self.locked_dropout:
             return nn.functional.dropout(X, p=rate, training=True)
         # One mask per sequence, shared by every time step.
-        mask = X.new_empty((X.shape[0], 1, X.shape[2])).bernoulli_(1 - rate)
+        if row_seq is None:
+            mask = X.new_empty((X.shape[0], 1, X.shape[2])).bernoulli_(1 - rate)
+        else:
+            n_seqs = int(row_seq[-1]) + 1 if len(row_seq) else 0
+            mask = X.new_empty((n_seqs, X.shape[-1])).bernoulli_(1 - rate)[row_seq]
         return X * mask / (1 - rate)
 
-    def _after_layer(self, i, X, Y):
+    def _after_layer(self, i, X, Y, row_seq=None):
         if self.residual and X.shape[-1] == Y.shape[-1]:
             Y = Y + X
         if len(self.norms):
             Y = self.norms[i](Y)
         if i < self.depth - 1:
-            Y = self._drop(Y, self.dropout_rate)
+            Y = self._drop(Y, self.dropout_rate, row_seq)
         return Y
 
 
