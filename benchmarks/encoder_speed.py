@@ -1,5 +1,6 @@
 """Forward+backward speed of exact and inexact BiLSTM (or BiGRU) encodings
-of variable-length batches, on Amazon-review lengths.
+of variable-length batches, on Amazon-review lengths (``--inference``:
+forward passes only; ``--directions 1``: one-directional encoders).
 
     python benchmarks/encoder_speed.py --seconds 10 --threads 2
     python benchmarks/encoder_speed.py --cell gru --rnn-kernel torch
@@ -53,6 +54,11 @@ def parse_args(argv=None):
     p.add_argument("--max-length", type=int, default=0,
                    help="clip lengths (0: keep the real ones)")
     p.add_argument("--cell", choices=["lstm", "gru", "rnn_tanh"], default="lstm")
+    p.add_argument("--directions", type=int, choices=[1, 2], default=2,
+                   help="one- or two-directional encoders")
+    p.add_argument("--inference", action="store_true",
+                   help="time forward passes in eval mode without autograd instead of "
+                        "forward + backward")
     _common.add_rnn_kernel_arg(p)
     _common.add_common_args(p)
     return p.parse_args(argv)
@@ -91,7 +97,9 @@ def main(argv=None):
     H = W // 2
 
     torch_rnn = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn_tanh": nn.RNN}[args.cell]
-    fused = torch_rnn(W, H, 1, batch_first=True, bidirectional=True).to(device)
+    bidirectional = args.directions == 2
+    fused = torch_rnn(W, H if bidirectional else W, 1, batch_first=True,
+                      bidirectional=bidirectional).to(device)
 
     def valid_mask(lengths):
         lengths_np = numpy.asarray(lengths)
@@ -124,11 +132,15 @@ def main(argv=None):
     stacks = {}
     for bo in overheads:
         stacks[f"reverse_bo{bo:g}"] = RNNStack(
-            W, W, cell=args.cell, method="reverse", bucket_overhead=bo)
-    stacks["packed"] = RNNStack(W, W, cell=args.cell, method="packed", bucket_overhead=0)
+            W, W, cell=args.cell, method="reverse", bucket_overhead=bo,
+            bidirectional=bidirectional)
+    stacks["packed"] = RNNStack(W, W, cell=args.cell, method="packed", bucket_overhead=0,
+                                bidirectional=bidirectional)
     for name, stack in stacks.items():
         _common.set_rnn_kernel(stack, args.rnn_kernel)
         stack.to(device)
+        if args.inference:
+            stack.eval()
         methods[name] = stack
 
     def positions(name, lengths):
@@ -163,13 +175,15 @@ def main(argv=None):
         rng.shuffle(active)
         flat_data = torch.randn(sum(lengths), W, device=device)
         for name in active:
-            flat = flat_data.clone().requires_grad_(True)
-            if name in stacks:
-                ragged[name] = stacks[name].ragged_loop_applies(flat, lengths)
-            start = _common.timer(device)
-            Y = methods[name](flat, lengths)
-            Y.sum().backward()
-            elapsed = _common.timer(device) - start
+            flat = flat_data.clone().requires_grad_(not args.inference)
+            with torch.set_grad_enabled(not args.inference):
+                if name in stacks:
+                    ragged[name] = stacks[name].ragged_loop_applies(flat, lengths)
+                start = _common.timer(device)
+                Y = methods[name](flat, lengths)
+                if not args.inference:
+                    Y.sum().backward()
+                elapsed = _common.timer(device) - start
             if i < args.warmup:
                 continue
             times[name][i] = elapsed
@@ -215,7 +229,8 @@ def main(argv=None):
         "width": W,
         "cell": args.cell,
         "rnn_kernel": None if args.cell == "lstm" else args.rnn_kernel,
-        "bidirectional": True,
+        "bidirectional": bidirectional,
+        "inference": args.inference,
         "ragged_cpu_loop": any(ragged.values()),
         "length_pool_size": len(pool),
         "mean_length": float(numpy.mean(pool)),

@@ -212,6 +212,19 @@ def _pair(cell="gru", **kwargs):
     return fused, plain
 
 
+def _train_and_infer(module, flat, lengths, target):
+    """One training pass with a weighted-sum loss, then inference: the
+    outputs, the inference outputs, the input's and the parameters'
+    gradients."""
+    module.train()
+    x = flat.clone().requires_grad_()
+    out = module(x, lengths)
+    (out * target).sum().backward()
+    with torch.no_grad():
+        inferred = module.eval()(flat, lengths)
+    return out.detach(), inferred, x.grad, [p.grad for p in module.parameters()]
+
+
 @pytest.mark.parametrize("cell", ["gru", "rnn_tanh", "rnn_relu"])
 @pytest.mark.parametrize("bidirectional", [True, False])
 @pytest.mark.parametrize("depth", [1, 2])
@@ -220,14 +233,9 @@ def test_rnn_stack_training_matches_torch_modules(cell, bidirectional, depth):
     lengths = [7, 0, 1, 12, 3, 3]
     flat = torch.randn(sum(lengths), 6)
     target = torch.randn(sum(lengths), 8)
-    results = []
-    for module in (fused, plain):
-        module.train()
-        x = flat.clone().requires_grad_()
-        out = module(x, lengths)
-        (out * target).sum().backward()
-        results.append((out.detach(), x.grad, [p.grad for p in module.parameters()]))
-    (out_f, dx_f, dp_f), (out_p, dx_p, dp_p) = results
+    (out_f, _, dx_f, dp_f), (out_p, _, dx_p, dp_p) = [
+        _train_and_infer(module, flat, lengths, target) for module in (fused, plain)
+    ]
     assert torch.allclose(out_f, out_p, atol=1e-6)
     assert torch.allclose(dx_f, dx_p, atol=1e-5)
     for a, b in zip(dp_f, dp_p):
@@ -256,15 +264,7 @@ def test_ragged_loop_matches_torch_modules_on_many_lengths(
     lengths = torch.randint(1, 41, (20,)).tolist() + [17, 17, 0]
     flat = torch.randn(sum(lengths), 6, dtype=torch.float64)
     target = torch.randn(sum(lengths), 8, dtype=torch.float64)
-    results = []
-    for module in (fused, plain):
-        module.train()
-        x = flat.clone().requires_grad_()
-        out = module(x, lengths)
-        (out * target).sum().backward()
-        with torch.no_grad():
-            inferred = module.eval()(flat, lengths)
-        results.append((out.detach(), inferred, x.grad, [p.grad for p in module.parameters()]))
+    results = [_train_and_infer(module, flat, lengths, target) for module in (fused, plain)]
     for a, b in zip(results[0][:3], results[1][:3]):
         assert torch.allclose(a, b, atol=1e-10)
     for a, b in zip(results[0][3], results[1][3]):
@@ -323,12 +323,12 @@ def test_rnn_stack_uses_the_fused_loop_where_it_should(monkeypatch):
     # A batch of any lengths runs one ragged loop per layer.
     assert calls == [("ragged", 2), ("ragged", 1)]
     calls.clear()
-    # Inference: both directions are fused, one direction alone is not
-    # (nn.GRU's own loop is faster there).
+    # Inference: the ragged loop for one direction too (it beats nn.GRU's
+    # C++ loop there, where a padded fused call did not).
     with torch.no_grad():
         bi.eval()(flat, lengths)
         uni.eval()(flat, lengths)
-        assert calls == [("ragged", 2)]
+        assert calls == [("ragged", 2), ("ragged", 1)]
         calls.clear()
         # Sequences long enough to be encoded in chunks keep the chunked
         # path, one direction at a time, on nn.GRU.
@@ -340,10 +340,20 @@ def test_rnn_stack_uses_the_fused_loop_where_it_should(monkeypatch):
     bi.train()(flat, lengths)
     assert calls == [("padded", 2)]
     calls.clear()
-    # Stream mode (language models) runs the padded loop.
+    # Stream mode (language models) runs the padded loop in training, and
+    # nn.GRU for one direction in inference.
     uni.train().forward_stream(torch.randn(2, 5, 6))
     assert calls == [("padded", 1)]
     calls.clear()
+    with torch.no_grad():
+        uni.eval().forward_stream(torch.randn(2, 5, 6))
+    assert calls == []
+    # Per bucket (ragged_cpu_loop off), one direction in inference keeps
+    # nn.GRU, as before session 14.
+    uni.ragged_cpu_loop = False
+    with torch.no_grad():
+        uni(flat, lengths)
+    assert calls == []
     bi.fused_cpu_kernels = False
     uni.fused_cpu_kernels = False
     bi.train()(flat, lengths)

@@ -99,11 +99,12 @@ class RNNStack(nn.Module):
     GRU and Elman layers on the CPU run the loops of ``fused_gru.py`` and
     ``fused_elman.py`` (a hand-written backward pass, both directions of a
     layer in one loop) where they are faster than PyTorch's own: in
-    training, and for two directions in inference. There ``forward`` runs
-    the whole batch through one ragged loop per layer, with no buckets and
-    no padding (``ragged_loop_applies``), and ``bucket_overhead`` has no
-    effect; set ``ragged_cpu_loop`` to False to run the loops once per
-    length bucket instead. The outputs are
+    training, and for two directions in inference. ``forward`` runs the
+    whole batch through one ragged loop per layer, with no buckets and no
+    padding, in training and inference and for one direction too
+    (``ragged_loop_applies``); ``bucket_overhead`` then has no effect. Set
+    ``ragged_cpu_loop`` to False to run the loops once per length bucket
+    instead. The outputs are
     ``nn.GRU``'s and ``nn.RNN``'s up to rounding. Set ``fused_cpu_kernels``
     to False on a stack, or on the class for every stack, to run PyTorch's
     modules throughout (it is not part of the saved state). LSTMs always run
@@ -547,9 +548,9 @@ class RNNStack(nn.Module):
             ``forward``.
         lengths (Sequence[int]): Length of each sequence.
         RETURNS (bool): True on the CPU for GRU and Elman stacks with
-            ``fused_cpu_kernels`` on, in training (with autograd) or with two
-            directions, unless ``method="packed"`` or the batch is long
-            enough for chunked inference.
+            ``fused_cpu_kernels`` and ``ragged_cpu_loop`` on, in float32 or
+            float64 outside autocast, unless ``method="packed"`` or the
+            batch is long enough for chunked inference.
         """
         longest = max((int(n) for n in lengths), default=0)
         return longest > 0 and self._ragged_loop(flat, longest) is not None
@@ -563,8 +564,10 @@ class RNNStack(nn.Module):
             return None
         if self._inference() and 0 < self.inference_chunk < longest:
             return None
-        probe = flat.unsqueeze(0)
-        if self._fused_loop(self.fwd[0], probe, both=self.bidirectional) is None:
+        # Unlike a padded fused call, the ragged loop beats PyTorch's own
+        # C++ loop in inference even for one direction (1.4-1.8x,
+        # benchmarks/encoder_speed.py --directions 1 --inference).
+        if self._fused_loop(self.fwd[0], flat.unsqueeze(0), both=True) is None:
             return None
         if self.cell == "gru":
             return fused_gru_ragged
