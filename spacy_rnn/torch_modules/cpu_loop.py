@@ -89,6 +89,10 @@ class StepLayout:
         starts = [0] + [t for t in range(1, self.T) if self.sizes[t] != self.sizes[t - 1]]
         ends = starts[1:] + [self.T]
         self.segments = [(t0, t1, self.sizes[t0]) for t0, t1 in zip(starts, ends)]
+        # Each packed row's step, and its sequence (its rank among the
+        # sequences, longest first).
+        self.row_steps = numpy.repeat(numpy.arange(self.T), sizes)
+        self.row_seqs = numpy.arange(self.N) - self.offsets[self.row_steps]
         self._step_rows: Optional[numpy.ndarray] = None
 
     @classmethod
@@ -151,9 +155,7 @@ class StepLayout:
         """The step-layout row of each packed row, as a (K, N) array."""
         if self._step_rows is not None:
             return self._step_rows
-        K = self.K
-        t = numpy.repeat(numpy.arange(self.T), self.sizes)
-        i = numpy.arange(self.N) - self.offsets[t]
+        K, t, i = self.K, self.row_steps, self.row_seqs
         n = numpy.asarray(self.sizes, dtype="int64")[t]
         k = numpy.arange(K)[:, None]
         self._step_rows = K * self.offsets[t][None, :] + k * n[None, :] + i[None, :]
@@ -164,10 +166,8 @@ class StepLayout:
         state one step earlier in a buffer made of the K * batch_sizes[0]
         initial states followed by the step-layout outputs: a (K * N,) array.
         """
-        K = self.K
+        K, t, i = self.K, self.row_steps, self.row_seqs
         sizes = numpy.asarray(self.sizes, dtype="int64")
-        t = numpy.repeat(numpy.arange(self.T), sizes)
-        i = numpy.arange(self.N) - self.offsets[t]
         k = numpy.arange(K)[:, None]
         # Step t - 1's rows, shifted past the initial states; step 0 reads
         # the initial states themselves, which sit where its rows would.
@@ -289,10 +289,9 @@ def run_stacked(
     )
     if T == 0 or B == 0:
         return [X.new_empty((B, T, H)) for _ in range(K)], list(h0.unsqueeze(1).unbind(0))
-    stacked = [torch.stack([w[j] for w in weights]) for j in range(4)]
     X_all = X.unsqueeze(0) if K == 1 else torch.stack(list(Xs))
     packed = X_all.transpose(1, 2).reshape(K, T * B, -1)
-    Y = loop(packed, h0, *stacked, StepLayout.uniform(T, B, K))
+    Y = loop(packed, h0, *_stack_weights(weights), StepLayout.uniform(T, B, K))
     # Step layout of a uniform batch is (T, K, B, H): a view away.
     Y = Y.view(T, K, B, H).permute(1, 2, 0, 3)
     return list(Y.unbind(0)), list(Y[:, :, -1].unsqueeze(1).unbind(0))
@@ -316,5 +315,9 @@ def run_ragged(
     K = len(weights)
     H = weights[0][1].shape[1]
     h0 = X.new_zeros((K, layout.sizes[0], H))
-    stacked = [torch.stack([w[j] for w in weights]) for j in range(4)]
-    return loop(X, h0, *stacked, layout)
+    return loop(X, h0, *_stack_weights(weights), layout)
+
+
+def _stack_weights(weights: Sequence[Sequence[torch.Tensor]]) -> List[torch.Tensor]:
+    # Each of weight_ih, weight_hh, bias_ih, bias_hh stacked over the layers.
+    return [torch.stack([w[j] for w in weights]) for j in range(4)]

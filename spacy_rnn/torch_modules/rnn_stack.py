@@ -371,8 +371,7 @@ class RNNStack(nn.Module):
         # Sequences still running at each step, longest first.
         ended = numpy.cumsum(numpy.bincount(seq_lengths, minlength=T + 1))
         layout = StepLayout(len(seq_lengths) - ended[:T], K)
-        t = numpy.repeat(numpy.arange(T), layout.sizes)
-        seq = numpy.arange(layout.N) - layout.offsets[t]
+        t, seq = layout.row_steps, layout.row_seqs
         sources = [seq_starts[seq] + t]
         if K == 2:
             sources.append(seq_starts[seq] + seq_lengths[seq] - 1 - t)
