@@ -18,7 +18,15 @@ Models (``--models``, comma-separated):
   default: CNN tok2vec + BOW);
 * ``torch_bilstm``: ``textcat`` with ``spacy.TextCatReduce.v1`` (mean) over a
   ``spacy.Tok2Vec.v2`` whose encoder is ``spacy.TorchBiLSTMEncoder.v1``, with
-  the same embedding as ``rnn_bilstm``.
+  the same embedding as ``rnn_bilstm``;
+* ``plain_torch``: ``rnn_bilstm``'s model, features and optimiser written in
+  plain PyTorch with its own training loop and ``pack_padded_sequence``
+  (``_plain_textcat.py``): what the same work costs without spaCy, Thinc or
+  spacy-rnn. The JSON's ``vs_plain_torch`` gives each spacy-rnn model's
+  words/s over it;
+* ``plain_torch_padded`` (not in the default list): the same over the
+  zero-padded batch, as ``TorchBiLSTMEncoder.v1`` does (not exact for
+  bidirectional layers).
 
 Every model trains in its own subprocess (so its peak RSS is its own) with
 the same optimizer (spaCy's default Adam), batch size, dropout and budget
@@ -43,8 +51,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 
-MODELS = ("rnn_bilstm", "rnn_gru", "bow", "ensemble", "torch_bilstm")
-EXTRA_MODELS = ("rnn_bilstm_mixed",)
+MODELS = ("rnn_bilstm", "rnn_gru", "bow", "ensemble", "torch_bilstm", "plain_torch")
+EXTRA_MODELS = ("rnn_bilstm_mixed", "plain_torch_padded")
+PLAIN_MODELS = ("plain_torch", "plain_torch_padded")
 LABELS = ("positive", "negative")
 
 EMBED = {
@@ -64,7 +73,10 @@ BOW = {
 
 
 def model_setup(name: str):
-    """(factory, component config) of a benchmarked model."""
+    """(factory, component config) of a benchmarked model; (None, packed)
+    for the plain PyTorch ones."""
+    if name in PLAIN_MODELS:
+        return None, {"packed": name == "plain_torch"}
     if name == "rnn_bilstm":
         return "rnn_textcat", {}
     if name in ("rnn_gru", "rnn_bilstm_mixed"):
@@ -226,6 +238,16 @@ def main(argv=None):
             for name, r in ok.items()
         },
     }
+    if "plain_torch" in ok:
+        plain = ok["plain_torch"]
+        result["vs_plain_torch"] = {
+            name: {
+                "train_ratio": r["train_words_per_s"] / plain["train_words_per_s"],
+                "infer_ratio": r["infer_words_per_s"] / plain["infer_words_per_s"],
+            }
+            for name, r in ok.items()
+            if name.startswith("rnn_") and r.get("train_words_per_s") and plain.get("train_words_per_s")
+        }
     _common.emit(result)
     return result
 
@@ -259,15 +281,44 @@ def run_child(args):
     rng = random.Random(args.seed)
     factory, config = model_setup(args.child)
     nlp = spacy.blank("en")
-    nlp.add_pipe(factory, name="textcat", config=config)
-    gemm_layers = _common.apply_gemm(nlp, args)
-    rnn_stacks = _common.apply_rnn_kernel(nlp, args)
     corpus = Path(args.corpus_dir)
-    train = list(Corpus(str(corpus / "train.spacy"), limit=args.max_train)(nlp))
-    test = list(Corpus(str(corpus / "test.spacy"), limit=args.max_eval)(nlp))
-    for label in LABELS:
-        nlp.get_pipe("textcat").add_label(label)
-    optimizer = nlp.initialize(lambda: train)
+    if factory is None:
+        from _plain_textcat import PlainTextcat, PlainTrainer, gold_labels
+
+        train = list(Corpus(str(corpus / "train.spacy"), limit=args.max_train)(nlp))
+        test = list(Corpus(str(corpus / "test.spacy"), limit=args.max_eval)(nlp))
+        trainer = PlainTrainer(PlainTextcat(len(LABELS), packed=config["packed"]).to(device))
+        gemm_layers = rnn_stacks = 0
+
+        def update(batch, losses):
+            loss = trainer.update([eg.predicted for eg in batch], gold_labels(batch, LABELS), args.dropout)
+            losses["textcat"] = losses.get("textcat", 0.0) + float(loss)
+
+        def pipe(texts):
+            # nlp.pipe's work for a blank pipeline plus the classifier:
+            # tokenise, then score in batches.
+            docs = []
+            for start in range(0, len(texts), args.infer_batch_size):
+                batch = [nlp.make_doc(t) for t in texts[start:start + args.infer_batch_size]]
+                for doc, probs in zip(batch, trainer.predict(batch).tolist()):
+                    doc.cats = dict(zip(LABELS, probs))
+                docs.extend(batch)
+            return docs
+    else:
+        nlp.add_pipe(factory, name="textcat", config=config)
+        gemm_layers = _common.apply_gemm(nlp, args)
+        rnn_stacks = _common.apply_rnn_kernel(nlp, args)
+        train = list(Corpus(str(corpus / "train.spacy"), limit=args.max_train)(nlp))
+        test = list(Corpus(str(corpus / "test.spacy"), limit=args.max_eval)(nlp))
+        for label in LABELS:
+            nlp.get_pipe("textcat").add_label(label)
+        optimizer = nlp.initialize(lambda: train)
+
+        def update(batch, losses):
+            nlp.update(batch, drop=args.dropout, sgd=optimizer, losses=losses)
+
+        def pipe(texts):
+            return list(nlp.pipe(texts, batch_size=args.infer_batch_size))
 
     train_time = 0.0
     train_words = 0
@@ -298,7 +349,7 @@ def run_child(args):
             timed = steps >= args.warmup_steps
             if timed and block is None:
                 block = (_common.timer(device), 0, 0)
-            nlp.update(batch, drop=args.dropout, sgd=optimizer, losses=losses)
+            update(batch, losses)
             steps += 1
             if timed:
                 block = (block[0], block[1] + 1, block[2] + sum(len(eg.predicted) for eg in batch))
@@ -314,7 +365,7 @@ def run_child(args):
     close_block()
 
     texts = [eg.reference.text for eg in test]
-    list(nlp.pipe(texts[: args.infer_batch_size], batch_size=args.infer_batch_size))
+    pipe(texts[: args.infer_batch_size])
     # Whole passes over the test set until --infer-seconds have gone by: one
     # pass of 400 docs on a GPU is a few tenths of a second, too short to time.
     infer_time = 0.0
@@ -322,7 +373,7 @@ def run_child(args):
     infer_passes = 0
     while infer_passes == 0 or infer_time < args.infer_seconds:
         start = _common.timer(device)
-        docs = list(nlp.pipe(texts, batch_size=args.infer_batch_size))
+        docs = pipe(texts)
         infer_time += _common.timer(device) - start
         infer_words += sum(len(doc) for doc in docs)
         infer_passes += 1
@@ -330,7 +381,7 @@ def run_child(args):
     scores = Scorer.score_cats(scored, "cats", labels=list(LABELS), multi_label=False)
     acc = _accuracy([d.cats for d in docs], test)
     result = {
-        "factory": factory,
+        "factory": factory or "plain PyTorch",
         "threads": threads,
         "train_docs": len(train),
         "test_docs": len(test),

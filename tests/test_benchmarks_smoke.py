@@ -86,6 +86,59 @@ def test_textcat_bench(corpus):
         assert model["gemm_layers_switched"] == 0
 
 
+def test_textcat_bench_against_plain_torch(corpus):
+    r = run_script(
+        "textcat_bench.py", "--corpus-dir", corpus, "--models", "rnn_bilstm,plain_torch,plain_torch_padded",
+        "--seconds", 0.3, "--batch-size", 8, "--no-quantize",
+    )
+    assert r["models"]["plain_torch"]["factory"] == "plain PyTorch"
+    for name in ("plain_torch", "plain_torch_padded"):
+        s = r["summary"][name]
+        assert s["train_words_per_s"] > 0 and s["infer_words_per_s"] > 0 and 0 <= s["accuracy"] <= 1
+        assert r["models"][name]["steps"] >= 4
+    ratios = r["vs_plain_torch"]["rnn_bilstm"]
+    summary = r["summary"]
+    assert ratios["train_ratio"] == pytest.approx(
+        summary["rnn_bilstm"]["train_words_per_s"] / summary["plain_torch"]["train_words_per_s"])
+    assert ratios["infer_ratio"] > 0
+
+
+def test_plain_textcat_does_rnn_textcats_work():
+    """The plain PyTorch baseline hashes the same attributes with the same
+    seeds and table sizes as rnn_textcat's default embedding, and its packed
+    BiLSTM is exact: a doc scores the same alone as in a batch."""
+    import numpy
+    import torch
+    from spacy.attrs import IDS
+    from thinc.api import NumpyOps
+
+    sys.path.insert(0, str(BENCH))
+    try:
+        from _plain_textcat import ATTRS, PlainTextcat, featurize
+    finally:
+        sys.path.remove(str(BENCH))
+    nlp = spacy.blank("en")
+    textcat = nlp.add_pipe("rnn_textcat")
+    textcat.add_label("a")
+    textcat.add_label("b")
+    hash_embeds = [n for n in textcat.model.walk() if n.name == "hashembed"]
+    doc = nlp.make_doc("The battery died after TWO days, 100% disappointed.")
+    keys, lengths = featurize([doc], torch.device("cpu"))
+    ids = doc.to_array([IDS[a] for a in ATTRS]).astype("uint64")
+    assert len(hash_embeds) == len(keys) == 4 and lengths.tolist() == [len(doc)]
+    for column, (node, k) in enumerate(zip(hash_embeds, keys)):
+        expected = NumpyOps().hash(numpy.ascontiguousarray(ids[:, column]), node.attrs["seed"])
+        expected = expected % node.get_dim("nV")
+        assert numpy.array_equal(k.numpy(), expected.astype("int64"))
+    torch.manual_seed(0)
+    model = PlainTextcat(2).eval()
+    docs = [nlp.make_doc(t) for t in ("Short one.", "A much longer review that goes on and on about the product.")]
+    with torch.no_grad():
+        together = model(*featurize(docs, torch.device("cpu")), 0.0)
+        alone = torch.cat([model(*featurize([d], torch.device("cpu")), 0.0) for d in docs])
+    assert torch.allclose(together, alone, atol=1e-6)
+
+
 def test_spacy_train_kernels(corpus, tmp_path):
     runs = {}
     for kernel in ("fused", "torch"):

@@ -156,7 +156,8 @@ def test_lm_ablation_table_reads_in_perplexity():
 
 @pytest.mark.parametrize(
     "variants_file,config_file",
-    [("textcat_ablation.json", "textcat_bilstm.cfg"), ("lm_ablation.json", "lm_ptb_cpu.cfg")],
+    [("textcat_ablation.json", "textcat_bilstm.cfg"), ("textcat_tuning.json", "textcat_bilstm.cfg"),
+     ("lm_ablation.json", "lm_ptb_cpu.cfg")],
 )
 def test_every_shipped_ablation_variant_builds_its_pipeline(variants_file, config_file):
     """A typo in a variant's dotted key would only fail after the earlier
@@ -177,3 +178,65 @@ def test_every_shipped_ablation_variant_builds_its_pipeline(variants_file, confi
             if isinstance(value, dict):  # auto-fill adds defaults
                 node = {k: node[k] for k in value}
             assert node == value, (name, key)
+
+
+def test_ablation_and_search_run_jobs_side_by_side(fixture_corpus, tmp_path):
+    """--jobs 2: every run ends up in the log and the table in variant order
+    (whatever order they finish in), failures included."""
+    variants = tmp_path / "variants.json"
+    variants.write_text(json.dumps({
+        "baseline": {},
+        "broken": {"components.textcat.model.tok2vec.encode.cell": "transformer"},
+        "gru": {"components.textcat.model.tok2vec.encode.cell": "gru"},
+    }))
+    data = ["--paths.train", str(fixture_corpus / "train.spacy"),
+            "--paths.dev", str(fixture_corpus / "train.spacy"), *TINY]
+    out = tmp_path / "ablation"
+    result = subprocess.run(
+        [sys.executable, "-m", "spacy_rnn", "ablate", str(ROOT / "configs" / "textcat_bilstm.cfg"),
+         str(variants), str(out), "--seeds", "0,1", "--jobs", "2", *data],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [(r["variant"], r["seed"]) for r in rows] == [
+        (v, s) for v in ("baseline", "broken", "gru") for s in (0, 1)]
+    assert [r["status"] == "ok" for r in rows] == [True, True, False, False, True, True]
+    for r in rows:
+        if r["status"] == "ok":
+            meta = srsly.read_json(out / r["dir"] / "model-best" / "meta.json")
+            assert weighted_score(meta["performance"], {"cats_score": 1.0}) == pytest.approx(r["score"])
+    table = (out / "results.md").read_text().splitlines()
+    assert [line.split(" | ")[0] for line in table[2:]] == ["| baseline", "| broken", "| gru"]
+    # A failure is one table cell: the error's own line, not its traceback.
+    assert "failed: " in table[3] and "Unknown RNN cell" in table[3] and table[3].endswith("| | |")
+
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps({
+        "components.textcat.model.tok2vec.encode.cell": {"type": "categorical", "choices": ["lstm", "gru"]},
+    }))
+    result = subprocess.run(
+        [sys.executable, "-m", "spacy_rnn", "search", str(ROOT / "configs" / "textcat_bilstm.cfg"),
+         str(space), str(tmp_path / "search"), "--n-trials", "2", "--sampler", "grid", "--jobs", "2", *data],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    trials = [json.loads(line) for line in (tmp_path / "search" / "trials.jsonl").read_text().splitlines()]
+    assert sorted(t["trial"] for t in trials) == [0, 1]
+    assert sorted(t["values"]["components.textcat.model.tok2vec.encode.cell"] for t in trials) == ["gru", "lstm"]
+
+
+def test_jobs_share_out_the_cores(monkeypatch):
+    from spacy_rnn.optimization.search import thread_env
+
+    assert thread_env(1) is None
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    env = thread_env(3)
+    assert env["OMP_NUM_THREADS"] == "2" and env["MKL_NUM_THREADS"] == "2"
+    assert thread_env(16)["OMP_NUM_THREADS"] == "1"
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")
+    assert thread_env(2)["OMP_NUM_THREADS"] == "4"
+    with pytest.raises(ValueError, match="jobs must be at least 1"):
+        thread_env(0)

@@ -20,6 +20,7 @@ def search_cli(
     sampler: str = typer.Option("tpe", "--sampler", help="tpe, random or grid"),
     seed: int = typer.Option(0, "--seed", help="Sampler seed"),
     gpu_id: int = typer.Option(-1, "--gpu-id", help="GPU id, -1 for CPU"),
+    jobs: int = typer.Option(1, "--jobs", help="Trials to train at once, each with cpu_count // jobs threads (unless OMP_NUM_THREADS is set)"),
 ):
     """Search config values with Optuna; every trial is a spacy train run.
     Extra --section.key value arguments are passed to every trial."""
@@ -28,7 +29,7 @@ def search_cli(
     try:
         best = run_search(
             config_path, space_path, output_dir, n_trials=n_trials, sampler=sampler,
-            seed=seed, overrides=list(ctx.args), gpu_id=gpu_id,
+            seed=seed, overrides=list(ctx.args), gpu_id=gpu_id, jobs=jobs,
         )
     except (ValueError, RuntimeError) as err:
         msg.fail(str(err), exits=1)
@@ -49,6 +50,7 @@ def ablate_cli(
     baseline: str = typer.Option("baseline", "--baseline", help="Variant the others are compared with"),
     seeds: str = typer.Option("", "--seeds", help="Comma-separated training seeds, e.g. 0,1,2: each variant runs once per seed and the table shows mean ± std (default: one run, the config's seed)"),
     table: Optional[Path] = typer.Option(None, "--table", help="Also write the markdown table to this file"),
+    jobs: int = typer.Option(1, "--jobs", help="Runs to train at once, each with cpu_count // jobs threads (unless OMP_NUM_THREADS is set)"),
 ):
     """Train each variant with the same data and budget; write a results table.
     Extra --section.key value arguments are passed to every run."""
@@ -60,7 +62,7 @@ def ablate_cli(
         msg.fail(f"--seeds must be comma-separated integers, got {seeds!r}", exits=1)
     try:
         rows = run_ablation(config_path, variants_path, output_dir, overrides=list(ctx.args),
-                            gpu_id=gpu_id, baseline=baseline, seeds=seed_list, table=table)
+                            gpu_id=gpu_id, baseline=baseline, seeds=seed_list, table=table, jobs=jobs)
     except ValueError as err:
         msg.fail(str(err), exits=1)
     for row in rows:

@@ -10,13 +10,15 @@ or off, relative to the base config, e.g.::
 """
 import json
 import statistics
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import srsly
 from spacy.util import load_config
 
-from .search import train_trial
+from .search import thread_env, train_trial
 
 
 def load_variants(path: Path) -> Dict[str, Dict[str, Any]]:
@@ -47,6 +49,7 @@ def run_ablation(
     baseline: Optional[str] = "baseline",
     seeds: Sequence[int] = tuple(),
     table: Optional[Path] = None,
+    jobs: int = 1,
 ) -> List[Dict[str, Any]]:
     """Train every variant (once per seed) and write ``results.md`` and
     ``results.jsonl`` (one line per run, rewritten on every call).
@@ -62,9 +65,14 @@ def run_ablation(
         (``--training.seed``) and report mean and standard deviation; empty:
         one run with the config's seed.
     table (Optional[Path]): Also write the markdown table here.
-    RETURNS (List[Dict[str, Any]]): One row per run.
+    jobs (int): Runs to train at once, each in its own process with
+        ``cpu_count // jobs`` threads (see ``search.thread_env``). The log
+        gets each row as its run ends; at the end it is rewritten in
+        variant order.
+    RETURNS (List[Dict[str, Any]]): One row per run, in variant order.
     """
     variants = load_variants(variants_path)
+    env = thread_env(jobs)
     config = load_config(config_path)
     weights = dict(config["training"]["score_weights"])
     output_dir = Path(output_dir)
@@ -72,23 +80,36 @@ def run_ablation(
     log = output_dir / "results.jsonl"
     log.write_text("", encoding="utf8")
     seed_list: List[Optional[int]] = [int(s) for s in seeds] or [None]
-    rows = []
-    for i, (name, values) in enumerate(variants.items()):
-        for seed in seed_list:
-            run_dir = output_dir / (f"variant-{i:02d}" if seed is None else f"variant-{i:02d}-seed{seed}")
-            run_values = dict(values)
-            if seed is not None:
-                run_values["training.seed"] = seed
-            try:
-                score, seconds = train_trial(config_path, run_dir, run_values, weights,
-                                             overrides=overrides, gpu_id=gpu_id)
-                status = "ok"
-            except RuntimeError as err:
-                score, seconds, status = None, None, f"failed: {str(err)[-300:]}"
-            rows.append({"variant": name, "values": values, "seed": seed, "score": score,
-                         "seconds": seconds, "status": status, "dir": run_dir.name})
+    runs = [(i, name, values, seed) for i, (name, values) in enumerate(variants.items())
+            for seed in seed_list]
+    lock = threading.Lock()
+
+    def train(run) -> Dict[str, Any]:
+        i, name, values, seed = run
+        run_dir = output_dir / (f"variant-{i:02d}" if seed is None else f"variant-{i:02d}-seed{seed}")
+        run_values = dict(values)
+        if seed is not None:
+            run_values["training.seed"] = seed
+        try:
+            score, seconds = train_trial(config_path, run_dir, run_values, weights,
+                                         overrides=overrides, gpu_id=gpu_id, env=env)
+            status = "ok"
+        except RuntimeError as err:
+            score, seconds, status = None, None, f"failed: {str(err)[-300:]}"
+        row = {"variant": name, "values": values, "seed": seed, "score": score,
+               "seconds": seconds, "status": status, "dir": run_dir.name}
+        with lock:
             with log.open("a", encoding="utf8") as f:
-                f.write(json.dumps(rows[-1]) + "\n")
+                f.write(json.dumps(row) + "\n")
+        return row
+
+    if jobs == 1:
+        rows = [train(run) for run in runs]
+    else:
+        # Threads only wait on their run's subprocess; map keeps run order.
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            rows = list(pool.map(train, runs))
+        log.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf8")
     score_names = [k for k, w in weights.items() if w]
     text = _table(rows, list(variants), baseline, score_names, len(seed_list))
     (output_dir / "results.md").write_text(text, encoding="utf8")
@@ -136,7 +157,7 @@ def _table(rows, variants: List[str], baseline: Optional[str], score_names, n_se
         ) or "(base config)"
         summary = summarise(rows, name)
         if summary["mean"] is None:
-            lines.append(f"| {name} | {settings} | {summary['failed'][0]} | | |")
+            lines.append(f"| {name} | {settings} | {_one_line(summary['failed'][0])} | | |")
             continue
         cell = f"{summary['mean']:.{digits}f}"
         if multi:
@@ -147,6 +168,16 @@ def _table(rows, variants: List[str], baseline: Optional[str], score_names, n_se
         change = f"{summary['mean'] - base:+.{digits}f}" if base is not None and name != baseline else ""
         lines.append(f"| {name} | {settings} | {cell} | {change} | {summary['seconds']:.0f} |")
     return "\n".join(lines) + "\n"
+
+
+def _one_line(status: str) -> str:
+    """A failure for a table cell: the traceback's last line (the error
+    itself), without the newlines and pipes that would break the table."""
+    lines = [line.strip() for line in status.splitlines() if line.strip()]
+    last = lines[-1] if lines else status
+    if not last.startswith("failed"):
+        last = f"failed: {last}"
+    return last.replace("|", "\\|")
 
 
 def _fmt(value) -> str:

@@ -6,10 +6,17 @@ score is the weighted dev score spaCy itself optimises
 (``[training.score_weights]``), read back from the trained pipeline's meta.
 The study writes a markdown results table, a JSONL log of every trial, and
 the best config with its values filled in.
+
+Trials can run side by side (``jobs``): each is its own process, so the
+only thing to share out is the CPU, and each gets ``cpu_count // jobs``
+threads unless ``OMP_NUM_THREADS`` is already set.
 """
 import json
+import os
 import subprocess
 import sys
+import threading
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -67,6 +74,7 @@ def run_search(
     seed: int = 0,
     overrides: Sequence[str] = tuple(),
     gpu_id: int = -1,
+    jobs: int = 1,
 ) -> Dict[str, Any]:
     """Run a study and write ``results.md``, ``trials.jsonl`` and ``best.cfg``.
 
@@ -79,6 +87,10 @@ def run_search(
     seed (int): Sampler seed.
     overrides (Sequence[str]): Fixed ``--key value`` overrides for every trial.
     gpu_id (int): GPU to train on, -1 for CPU.
+    jobs (int): Trials to train at once (see ``thread_env``). With TPE,
+        running trials count as "constant liars" (Optuna's
+        ``constant_liar``), so parallel trials do not all sample the same
+        point; the study then depends on which trial finishes first.
     RETURNS (Dict[str, Any]): The best trial's values and score.
     """
     try:
@@ -88,6 +100,7 @@ def run_search(
             "Hyper-parameter search needs Optuna: pip install 'spacy-rnn[search]'"
         ) from None
     space = load_space(space_path)
+    env = thread_env(jobs)
     config = load_config(config_path)
     weights = dict(config["training"]["score_weights"])
     output_dir = Path(output_dir)
@@ -105,25 +118,33 @@ def run_search(
     elif sampler == "random":
         chosen = optuna.samplers.RandomSampler(seed=seed)
     elif sampler == "tpe":
-        chosen = optuna.samplers.TPESampler(seed=seed)
+        with warnings.catch_warnings():
+            # constant_liar is marked experimental in Optuna 3 and 4.
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            chosen = optuna.samplers.TPESampler(seed=seed, constant_liar=jobs > 1)
     else:
         raise ValueError(f"Unknown sampler {sampler!r}: choose tpe, random or grid")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize", sampler=chosen)
+    log_lock = threading.Lock()
 
     def objective(trial) -> float:
         values = {key: _suggest(trial, key, spec) for key, spec in space.items()}
         trial_dir = output_dir / f"trial-{trial.number:03d}"
         try:
             score, _ = train_trial(config_path, trial_dir, values, weights,
-                                   overrides=overrides, gpu_id=gpu_id)
+                                   overrides=overrides, gpu_id=gpu_id, env=env)
         except RuntimeError as err:
-            _log(log_path, trial.number, values, None, "failed")
+            with log_lock:
+                _log(log_path, trial.number, values, None, "failed")
             raise optuna.TrialPruned(str(err))
-        _log(log_path, trial.number, values, score, "ok")
+        with log_lock:
+            _log(log_path, trial.number, values, score, "ok")
         return score
 
-    study.optimize(objective, n_trials=n_trials)
+    # Optuna runs n_jobs trials at once on threads; each thread only waits
+    # on its trial's subprocess.
+    study.optimize(objective, n_trials=n_trials, n_jobs=jobs)
     completed = [t for t in study.trials if t.value is not None]
     if not completed:
         raise RuntimeError(f"Every trial failed; see {log_path}")
@@ -146,9 +167,12 @@ def train_trial(
     *,
     overrides: Sequence[str] = tuple(),
     gpu_id: int = -1,
+    env: Optional[Dict[str, str]] = None,
 ):
     """Run one ``spacy train`` with extra config values in a subprocess.
 
+    env (Optional[Dict[str, str]]): The subprocess's environment (default:
+        this process's).
     RETURNS (Tuple[float, float]): The best weighted dev score and the
         wall-clock seconds the run took.
     """
@@ -159,13 +183,40 @@ def train_trial(
     for key, value in values.items():
         args += [f"--{key}", json.dumps(value)]
     start = time.perf_counter()
-    result = subprocess.run(args, capture_output=True, text=True)
+    result = subprocess.run(args, capture_output=True, text=True, env=env)
     seconds = time.perf_counter() - start
     if result.returncode != 0:
         tail = (result.stdout + result.stderr)[-1500:]
         raise RuntimeError(f"training in {output} failed: {tail}")
     meta = srsly.read_json(Path(output) / "model-best" / "meta.json")
     return weighted_score(meta.get("performance", {}), weights), seconds
+
+
+def thread_env(jobs: int) -> Optional[Dict[str, str]]:
+    """The environment for training runs when ``jobs`` run at once.
+
+    Each of torch's and the BLAS libraries' thread pools would otherwise
+    take every core, and ``jobs`` such processes oversubscribe the machine.
+    An ``OMP_NUM_THREADS`` the user set is kept.
+
+    jobs (int): Runs at once; must be at least 1.
+    RETURNS (Optional[Dict[str, str]]): None (inherit) for one job, else a
+        copy of ``os.environ`` with the thread counts set.
+    """
+    if int(jobs) < 1:
+        raise ValueError(f"jobs must be at least 1, got {jobs}")
+    if jobs == 1:
+        return None
+    env = dict(os.environ)
+    if "OMP_NUM_THREADS" not in env:
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except AttributeError:  # not on Linux
+            cores = os.cpu_count() or 1
+        env["OMP_NUM_THREADS"] = str(max(1, cores // int(jobs)))
+    for name in ("MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        env.setdefault(name, env["OMP_NUM_THREADS"])
+    return env
 
 
 def _suggest(trial, key: str, spec: Dict[str, Any]):

@@ -1,0 +1,131 @@
+"""The plain PyTorch side of ``textcat_bench.py``: ``rnn_textcat``'s default
+model written as one ``nn.Module`` with a hand-written training loop, the
+way a PyTorch user would write it, so the benchmark can say what spaCy,
+Thinc and spacy-rnn cost over their engine.
+
+Same work as ``rnn_textcat`` with ``DEFAULT_RNN_TEXTCAT_MODEL_CONFIG``:
+
+* features: ``doc.to_array([NORM, PREFIX, SUFFIX, SHAPE])``, each column
+  hashed to 4 rows with Thinc's MurmurHash (``ops.hash``, seeds 8-11 as in
+  spaCy's ``MultiHashEmbed.v2``) and the rows summed (``embedding_bag``);
+* the four 128-wide embeddings concatenated, a 3-piece Maxout to 128, layer
+  norm, dropout;
+* a BiLSTM of 2 x 64, exact for every doc length: ``pack_padded_sequence``
+  (``packed = True``) or, like spaCy's ``TorchBiLSTMEncoder.v1``, over the
+  zero-padded batch (``packed = False``: the right-to-left direction then
+  reads the padding of shorter docs);
+* mean pooling over each doc's tokens, dropout, a linear layer and softmax,
+  cross-entropy summed over the batch (the gradient spaCy's textcat passes
+  to its Softmax layer: scores - truths);
+* spaCy's default optimiser as torch ops: Adam (lr 0.001, L2 1e-6 as weight
+  decay), each parameter's gradient clipped to norm 1.0, and a moving
+  average of the weights (Thinc's ``use_averages``) used for inference.
+"""
+from typing import Dict, List, Sequence, Tuple
+
+import numpy
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence, pad_sequence
+
+ATTRS = ("NORM", "PREFIX", "SUFFIX", "SHAPE")
+ROWS = (5000, 1000, 2500, 2500)
+SEEDS = (8, 9, 10, 11)
+
+
+class PlainTextcat(nn.Module):
+    def __init__(self, n_labels: int, width: int = 128, rows: Sequence[int] = ROWS,
+                 pieces: int = 3, packed: bool = True):
+        super().__init__()
+        self.width = width
+        self.pieces = pieces
+        self.packed = packed
+        self.tables = nn.ParameterList(
+            nn.Parameter(torch.empty(r, width).uniform_(-0.1, 0.1)) for r in rows)
+        self.maxout = nn.Linear(len(rows) * width, width * pieces)
+        self.norm = nn.LayerNorm(width)
+        self.lstm = nn.LSTM(width, width // 2, bidirectional=True, batch_first=True)
+        self.output = nn.Linear(width, n_labels)
+
+    def forward(self, keys: List[torch.Tensor], lengths: torch.Tensor, drop: float) -> torch.Tensor:
+        """keys: one (tokens, 4) tensor of hashed rows per attribute, the
+        batch's docs one after another; lengths: tokens per doc (on the CPU).
+        Returns the (docs, labels) logits."""
+        embedded = torch.cat(
+            [nn.functional.embedding_bag(k, table, mode="sum") for k, table in zip(keys, self.tables)],
+            dim=1)
+        hidden = self.maxout(embedded).view(-1, self.width, self.pieces).amax(dim=-1)
+        hidden = nn.functional.dropout(self.norm(hidden), drop, self.training)
+        padded = pad_sequence(hidden.split(lengths.tolist()), batch_first=True)
+        if self.packed:
+            packed = pack_padded_sequence(padded, lengths, batch_first=True, enforce_sorted=False)
+            encoded, _ = pad_packed_sequence(self.lstm(packed)[0], batch_first=True)
+        else:
+            encoded, _ = self.lstm(padded)
+            mask = torch.arange(padded.shape[1], device=padded.device)[None, :] < lengths.to(padded.device)[:, None]
+            encoded = encoded * mask[:, :, None]
+        pooled = encoded.sum(dim=1) / lengths.to(encoded.device, encoded.dtype)[:, None]
+        return self.output(nn.functional.dropout(pooled, drop, self.training))
+
+
+def featurize(docs, device) -> Tuple[List[torch.Tensor], torch.Tensor]:
+    """Hashed embedding rows for each attribute and the doc lengths."""
+    from spacy.attrs import IDS
+    from thinc.api import NumpyOps
+
+    ops = NumpyOps()
+    ids = numpy.concatenate([doc.to_array([IDS[a] for a in ATTRS]) for doc in docs]).astype("uint64")
+    keys = []
+    for column, (rows, seed) in enumerate(zip(ROWS, SEEDS)):
+        hashed = ops.hash(numpy.ascontiguousarray(ids[:, column]), seed) % rows
+        keys.append(torch.from_numpy(hashed.astype("int64")).to(device, non_blocking=True))
+    lengths = torch.tensor([len(doc) for doc in docs], dtype=torch.int64)
+    return keys, lengths
+
+
+class PlainTrainer:
+    """spaCy's default optimiser, in torch ops, for ``PlainTextcat``."""
+
+    def __init__(self, model: PlainTextcat, lr: float = 0.001, weight_decay: float = 0.0,
+                 grad_clip: float = 1.0):
+        self.model = model
+        self.params = [p for p in model.parameters()]
+        self.optimizer = torch.optim.AdamW(self.params, lr=lr, betas=(0.9, 0.999), eps=1e-8,
+                                           weight_decay=weight_decay, foreach=True)
+        self.grad_clip = grad_clip
+        self.averages = [p.detach().clone() for p in self.params]
+        self.steps = 0
+
+    def update(self, docs, labels: torch.Tensor, drop: float) -> torch.Tensor:
+        device = self.params[0].device
+        self.model.train()
+        keys, lengths = featurize(docs, device)
+        logits = self.model(keys, lengths, drop)
+        loss = nn.functional.cross_entropy(logits, labels.to(device), reduction="sum")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        for p in self.params:
+            # Thinc's Adam clips each array on its own.
+            torch.nn.utils.clip_grad_norm_(p, self.grad_clip)
+        self.optimizer.step()
+        self.steps += 1
+        # Thinc's moving average: decay min(0.9999, (1 + t) / (10 + t)).
+        decay = min(0.9999, (1 + self.steps) / (10 + self.steps))
+        with torch.no_grad():
+            torch._foreach_lerp_(self.averages, [p.detach() for p in self.params], 1.0 - decay)
+        return loss.detach()
+
+    def predict(self, docs) -> torch.Tensor:
+        """Class probabilities. Like the spaCy models in ``textcat_bench.py``
+        (``nlp.pipe`` after ``nlp.update``), from the raw weights: the
+        averages are kept for the cost of keeping them."""
+        device = self.params[0].device
+        self.model.eval()
+        with torch.inference_mode():
+            keys, lengths = featurize(docs, device)
+            return torch.softmax(self.model(keys, lengths, 0.0), dim=-1).cpu()
+
+
+def gold_labels(examples, labels: Sequence[str]) -> torch.Tensor:
+    cats: List[Dict[str, float]] = [eg.reference.cats for eg in examples]
+    return torch.tensor([labels.index(max(c, key=c.get)) for c in cats], dtype=torch.int64)
