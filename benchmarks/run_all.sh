@@ -10,6 +10,7 @@ PY=${PYTHON:-python}
 mkdir -p "$OUT"
 $PY benchmarks/encoder_speed.py --threads "$THREADS" --seconds 30 > "$OUT/encoder_speed.json"
 $PY benchmarks/textcat_bench.py --threads "$THREADS" --seconds 120 > "$OUT/textcat_bench.json"
+$PY benchmarks/textcat_infer_ab.py --threads "$THREADS" --gemm torch --rounds 10 > "$OUT/textcat_infer_ab.json"
 $PY benchmarks/lm_throughput.py --threads "$THREADS" --data ../shared/data/ptb --seconds 60 > "$OUT/lm_throughput.json"
 # The same with freed memory kept for reuse: no page-fault noise (README, Performance).
 $PY benchmarks/lm_throughput.py --threads "$THREADS" --data ../shared/data/ptb --seconds 60 --keep-freed-memory > "$OUT/lm_throughput_kept_heap.json"

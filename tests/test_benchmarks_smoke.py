@@ -103,6 +103,17 @@ def test_textcat_bench_against_plain_torch(corpus):
     assert ratios["infer_ratio"] > 0
 
 
+def test_textcat_infer_ab():
+    r = run_script("textcat_infer_ab.py", "--data", REVIEWS, "--max-docs", 20, "--rounds", 2,
+                   "--batch-size", 8, "--gemm", "torch")
+    assert r["docs"] == 20 and r["words"] > 0 and r["gemm_layers_switched"] > 0
+    for name, speeds in r["words_per_s_per_round"].items():
+        assert len(speeds) == 2 and all(s > 0 for s in speeds), name
+    medians = r["median_words_per_s"]
+    assert r["pipe_ratio_median"] == pytest.approx(medians["rnn_textcat_pipe"] / medians["plain_pipe"])
+    assert r["model_ratio_median"] == pytest.approx(medians["rnn_textcat_model"] / medians["plain_model"])
+
+
 def test_plain_textcat_does_rnn_textcats_work():
     """The plain PyTorch baseline hashes the same attributes with the same
     seeds and table sizes as rnn_textcat's default embedding, and its packed
