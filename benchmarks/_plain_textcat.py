@@ -126,6 +126,20 @@ class PlainTrainer:
             return torch.softmax(self.model(keys, lengths, 0.0), dim=-1).cpu()
 
 
+def plain_pipe(nlp, trainer: PlainTrainer, texts: Sequence[str], labels: Sequence[str],
+               batch_size: int) -> list:
+    """``nlp.pipe``'s work for a blank pipeline plus the plain classifier:
+    tokenise with ``nlp``'s tokenizer, then score and set ``doc.cats`` in
+    batches."""
+    docs = []
+    for start in range(0, len(texts), batch_size):
+        batch = [nlp.make_doc(t) for t in texts[start:start + batch_size]]
+        for doc, probs in zip(batch, trainer.predict(batch).tolist()):
+            doc.cats = dict(zip(labels, probs))
+        docs.extend(batch)
+    return docs
+
+
 def gold_labels(examples, labels: Sequence[str]) -> torch.Tensor:
     cats: List[Dict[str, float]] = [eg.reference.cats for eg in examples]
     return torch.tensor([labels.index(max(c, key=c.get)) for c in cats], dtype=torch.int64)

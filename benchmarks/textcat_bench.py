@@ -283,7 +283,7 @@ def run_child(args):
     nlp = spacy.blank("en")
     corpus = Path(args.corpus_dir)
     if factory is None:
-        from _plain_textcat import PlainTextcat, PlainTrainer, gold_labels
+        from _plain_textcat import PlainTextcat, PlainTrainer, gold_labels, plain_pipe
 
         train = list(Corpus(str(corpus / "train.spacy"), limit=args.max_train)(nlp))
         test = list(Corpus(str(corpus / "test.spacy"), limit=args.max_eval)(nlp))
@@ -295,15 +295,7 @@ def run_child(args):
             losses["textcat"] = losses.get("textcat", 0.0) + float(loss)
 
         def pipe(texts):
-            # nlp.pipe's work for a blank pipeline plus the classifier:
-            # tokenise, then score in batches.
-            docs = []
-            for start in range(0, len(texts), args.infer_batch_size):
-                batch = [nlp.make_doc(t) for t in texts[start:start + args.infer_batch_size]]
-                for doc, probs in zip(batch, trainer.predict(batch).tolist()):
-                    doc.cats = dict(zip(LABELS, probs))
-                docs.extend(batch)
-            return docs
+            return plain_pipe(nlp, trainer, texts, LABELS, args.infer_batch_size)
     else:
         nlp.add_pipe(factory, name="textcat", config=config)
         gemm_layers = _common.apply_gemm(nlp, args)

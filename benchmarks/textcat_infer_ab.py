@@ -48,7 +48,7 @@ def main(argv=None):
     from thinc.api import fix_random_seed
 
     import spacy_rnn  # noqa: F401
-    from _plain_textcat import PlainTextcat, PlainTrainer
+    from _plain_textcat import PlainTextcat, PlainTrainer, plain_pipe
 
     fix_random_seed(args.seed)
     texts = [r["full_text"] for r in _common.read_review_texts(args.data, args.max_docs)]
@@ -60,15 +60,6 @@ def main(argv=None):
     gemm_layers = _common.apply_gemm(nlp, args)
     plain = PlainTrainer(PlainTextcat(len(LABELS), packed=not args.padded))
 
-    def plain_pipe(batch_texts):
-        docs = []
-        for start in range(0, len(batch_texts), args.batch_size):
-            batch = [nlp.make_doc(t) for t in batch_texts[start:start + args.batch_size]]
-            for doc, probs in zip(batch, plain.predict(batch).tolist()):
-                doc.cats = dict(zip(LABELS, probs))
-            docs.extend(batch)
-        return docs
-
     def batched(fn, docs):
         for start in range(0, len(docs), args.batch_size):
             fn(docs[start:start + args.batch_size])
@@ -77,7 +68,7 @@ def main(argv=None):
     words = sum(len(d) for d in docs)
     runs = {
         "rnn_textcat_pipe": lambda: list(nlp.pipe(texts, batch_size=args.batch_size)),
-        "plain_pipe": lambda: plain_pipe(texts),
+        "plain_pipe": lambda: plain_pipe(nlp, plain, texts, LABELS, args.batch_size),
         "rnn_textcat_model": lambda: batched(textcat.predict, docs),
         "plain_model": lambda: batched(plain.predict, docs),
     }
