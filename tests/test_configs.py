@@ -28,7 +28,7 @@ def test_config_loads_with_validation(path):
     assert nlp.pipe_names
 
 
-@pytest.mark.parametrize("name", ["textcat_bilstm.cfg", "textcat_gru.cfg"])
+@pytest.mark.parametrize("name", ["textcat_bilstm.cfg", "textcat_gru.cfg", "textcat_bigru_attention.cfg"])
 def test_textcat_config_trains_on_fixture(name, fixture_corpus, tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "spacy", "train", str(ROOT / "configs" / name),
