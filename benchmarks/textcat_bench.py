@@ -282,11 +282,11 @@ def run_child(args):
     factory, config = model_setup(args.child)
     nlp = spacy.blank("en")
     corpus = Path(args.corpus_dir)
+    train = list(Corpus(str(corpus / "train.spacy"), limit=args.max_train)(nlp))
+    test = list(Corpus(str(corpus / "test.spacy"), limit=args.max_eval)(nlp))
     if factory is None:
         from _plain_textcat import PlainTextcat, PlainTrainer, gold_labels, plain_pipe
 
-        train = list(Corpus(str(corpus / "train.spacy"), limit=args.max_train)(nlp))
-        test = list(Corpus(str(corpus / "test.spacy"), limit=args.max_eval)(nlp))
         trainer = PlainTrainer(PlainTextcat(len(LABELS), packed=config["packed"]).to(device))
         gemm_layers = rnn_stacks = 0
 
@@ -300,8 +300,6 @@ def run_child(args):
         nlp.add_pipe(factory, name="textcat", config=config)
         gemm_layers = _common.apply_gemm(nlp, args)
         rnn_stacks = _common.apply_rnn_kernel(nlp, args)
-        train = list(Corpus(str(corpus / "train.spacy"), limit=args.max_train)(nlp))
-        test = list(Corpus(str(corpus / "test.spacy"), limit=args.max_eval)(nlp))
         for label in LABELS:
             nlp.get_pipe("textcat").add_label(label)
         optimizer = nlp.initialize(lambda: train)

@@ -103,13 +103,10 @@ def run_ablation(
                 f.write(json.dumps(row) + "\n")
         return row
 
-    if jobs == 1:
-        rows = [train(run) for run in runs]
-    else:
-        # Threads only wait on their run's subprocess; map keeps run order.
-        with ThreadPoolExecutor(max_workers=jobs) as pool:
-            rows = list(pool.map(train, runs))
-        log.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf8")
+    # Threads only wait on their run's subprocess; map keeps run order.
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        rows = list(pool.map(train, runs))
+    log.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf8")
     score_names = [k for k, w in weights.items() if w]
     text = _table(rows, list(variants), baseline, score_names, len(seed_list))
     (output_dir / "results.md").write_text(text, encoding="utf8")
