@@ -13,8 +13,13 @@ Same work as ``rnn_textcat`` with ``DEFAULT_RNN_TEXTCAT_MODEL_CONFIG``:
 * a BiLSTM of 2 x 64, exact for every doc length: ``pack_padded_sequence``
   (``packed = True``) or, like spaCy's ``TorchBiLSTMEncoder.v1``, over the
   zero-padded batch (``packed = False``: the right-to-left direction then
-  reads the padding of shorter docs);
-* mean pooling over each doc's tokens, dropout, a linear layer and softmax,
+  reads the padding of shorter docs); ``cell = "gru"`` and ``depth`` give
+  the other encoders ``spacy-rnn.RNNEncoder.v1`` builds (``nn.GRU``,
+  ``num_layers``);
+* mean pooling over each doc's tokens, or (``pooling = "attention"``)
+  Thinc's ``ParametricAttention.v2`` and a sum: a learned query vector,
+  a softmax over each doc's tokens of their dot products with it, the
+  tokens weighted by it; then dropout, a linear layer and softmax,
   cross-entropy summed over the batch (the gradient spaCy's textcat passes
   to its Softmax layer: scores - truths);
 * spaCy's default optimiser (Thinc's ``Adam()``) as torch ops: Adam with
@@ -36,20 +41,31 @@ ROWS = (5000, 1000, 2500, 2500)
 SEEDS = (8, 9, 10, 11)
 _ATTR_IDS = [IDS[a] for a in ATTRS]
 _OPS = NumpyOps()
+CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}
+POOLINGS = ("mean", "attention")
 
 
 class PlainTextcat(nn.Module):
     def __init__(self, n_labels: int, width: int = 128, rows: Sequence[int] = ROWS,
-                 pieces: int = 3, packed: bool = True):
+                 pieces: int = 3, packed: bool = True, cell: str = "lstm", depth: int = 1,
+                 pooling: str = "mean"):
         super().__init__()
+        if cell not in CELLS or pooling not in POOLINGS:
+            raise ValueError(f"cell must be one of {CELLS} and pooling one of {POOLINGS}, "
+                             f"not {cell!r} and {pooling!r}")
         self.width = width
         self.pieces = pieces
         self.packed = packed
+        self.pooling = pooling
         self.tables = nn.ParameterList(
             nn.Parameter(torch.empty(r, width).uniform_(-0.1, 0.1)) for r in rows)
         self.maxout = nn.Linear(len(rows) * width, width * pieces)
         self.norm = nn.LayerNorm(width)
-        self.lstm = nn.LSTM(width, width // 2, bidirectional=True, batch_first=True)
+        self.rnn = CELLS[cell](width, width // 2, num_layers=depth, bidirectional=True,
+                               batch_first=True)
+        # Initialised as Thinc initialises ParametricAttention.v2's Q.
+        self.query = (nn.Parameter(torch.empty(width).uniform_(-0.1, 0.1))
+                      if pooling == "attention" else None)
         self.output = nn.Linear(width, n_labels)
 
     def forward(self, keys: List[torch.Tensor], lengths: torch.Tensor, drop: float) -> torch.Tensor:
@@ -62,15 +78,25 @@ class PlainTextcat(nn.Module):
         hidden = self.maxout(embedded).view(-1, self.width, self.pieces).amax(dim=-1)
         hidden = nn.functional.dropout(self.norm(hidden), drop, self.training)
         padded = pad_sequence(hidden.split(lengths.tolist()), batch_first=True)
+        mask = torch.arange(padded.shape[1], device=padded.device)[None, :] < lengths.to(padded.device)[:, None]
         if self.packed:
             packed = pack_padded_sequence(padded, lengths, batch_first=True, enforce_sorted=False)
-            encoded, _ = pad_packed_sequence(self.lstm(packed)[0], batch_first=True)
+            encoded, _ = pad_packed_sequence(self.rnn(packed)[0], batch_first=True)
         else:
-            encoded, _ = self.lstm(padded)
-            mask = torch.arange(padded.shape[1], device=padded.device)[None, :] < lengths.to(padded.device)[:, None]
+            encoded, _ = self.rnn(padded)
             encoded = encoded * mask[:, :, None]
-        pooled = encoded.sum(dim=1) / lengths.to(encoded.device, encoded.dtype)[:, None]
+        if self.pooling == "attention":
+            pooled = attention_pool(encoded, mask, self.query)
+        else:
+            pooled = encoded.sum(dim=1) / lengths.to(encoded.device, encoded.dtype)[:, None]
         return self.output(nn.functional.dropout(pooled, drop, self.training))
+
+
+def attention_pool(encoded: torch.Tensor, mask: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+    """ParametricAttention.v2 then reduce_sum over a padded (docs, tokens,
+    width) batch; mask is True on each doc's real tokens."""
+    scores = (encoded @ query).masked_fill(~mask, float("-inf"))
+    return (encoded * torch.softmax(scores, dim=1)[:, :, None]).sum(dim=1)
 
 
 def featurize(docs, device) -> Tuple[List[torch.Tensor], torch.Tensor]:

@@ -10,6 +10,9 @@ Models (``--models``, comma-separated):
 * ``rnn_bilstm``: ``rnn_textcat`` with its default model (MultiHashEmbed 128,
   BiLSTM 128, mean pooling);
 * ``rnn_gru``: the same with ``cell = "gru"``;
+* ``rnn_bigru_attention`` (not in the default list): the model of
+  ``configs/textcat_bigru_attention.cfg`` on the default embedding: a
+  2-layer BiGRU with attention pooling;
 * ``rnn_bilstm_mixed`` (not in the default list): ``rnn_bilstm`` with
   ``encode.mixed_precision = true`` (bfloat16 autocast on CPU, float16 with
   loss scaling on CUDA);
@@ -22,11 +25,15 @@ Models (``--models``, comma-separated):
 * ``plain_torch``: ``rnn_bilstm``'s model, features and optimiser written in
   plain PyTorch with its own training loop and ``pack_padded_sequence``
   (``_plain_textcat.py``): what the same work costs without spaCy, Thinc or
-  spacy-rnn. The JSON's ``vs_plain_torch`` gives each spacy-rnn model's
-  words/s over it;
-* ``plain_torch_padded`` (not in the default list): the same over the
+  spacy-rnn;
+* ``plain_torch_gru`` and ``plain_torch_bigru_attention`` (not in the
+  default list): the same for ``rnn_gru`` and ``rnn_bigru_attention``;
+* ``plain_torch_padded`` (not in the default list): ``plain_torch`` over the
   zero-padded batch, as ``TorchBiLSTMEncoder.v1`` does (not exact for
   bidirectional layers).
+
+The JSON's ``vs_plain_torch`` gives each spacy-rnn model's words/s over its
+plain PyTorch counterpart (``PLAIN_COUNTERPART``), where both ran.
 
 Every model trains in its own subprocess (so its peak RSS is its own) with
 the same optimizer (spaCy's default Adam), batch size, dropout and budget
@@ -52,8 +59,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 
 MODELS = ("rnn_bilstm", "rnn_gru", "bow", "ensemble", "torch_bilstm", "plain_torch")
-EXTRA_MODELS = ("rnn_bilstm_mixed", "plain_torch_padded")
-PLAIN_MODELS = ("plain_torch", "plain_torch_padded")
+EXTRA_MODELS = ("rnn_bilstm_mixed", "rnn_bigru_attention", "plain_torch_padded",
+                "plain_torch_gru", "plain_torch_bigru_attention")
+# PlainTextcat's settings for each plain PyTorch model.
+PLAIN_MODELS = {
+    "plain_torch": {},
+    "plain_torch_padded": {"packed": False},
+    "plain_torch_gru": {"cell": "gru"},
+    "plain_torch_bigru_attention": {"cell": "gru", "depth": 2, "pooling": "attention"},
+}
+# The plain model that does each spacy-rnn model's work.
+PLAIN_COUNTERPART = {
+    "rnn_bilstm": "plain_torch",
+    "rnn_bilstm_mixed": "plain_torch",
+    "rnn_gru": "plain_torch_gru",
+    "rnn_bigru_attention": "plain_torch_bigru_attention",
+}
 LABELS = ("positive", "negative")
 
 EMBED = {
@@ -73,21 +94,24 @@ BOW = {
 
 
 def model_setup(name: str):
-    """(factory, component config) of a benchmarked model; (None, packed)
-    for the plain PyTorch ones."""
+    """(factory, component config) of a benchmarked model; (None,
+    PlainTextcat settings) for the plain PyTorch ones."""
     if name in PLAIN_MODELS:
-        return None, {"packed": name == "plain_torch"}
+        return None, dict(PLAIN_MODELS[name])
     if name == "rnn_bilstm":
         return "rnn_textcat", {}
-    if name in ("rnn_gru", "rnn_bilstm_mixed"):
+    if name in ("rnn_gru", "rnn_bilstm_mixed", "rnn_bigru_attention"):
         from spacy_rnn.pipeline.textcat import DEFAULT_RNN_TEXTCAT_MODEL_CONFIG
         from thinc.api import Config
 
         model = Config().from_str(DEFAULT_RNN_TEXTCAT_MODEL_CONFIG)["model"]
-        if name == "rnn_gru":
-            model["tok2vec"]["encode"]["cell"] = "gru"
-        else:
+        if name == "rnn_bilstm_mixed":
             model["tok2vec"]["encode"]["mixed_precision"] = True
+        else:
+            model["tok2vec"]["encode"]["cell"] = "gru"
+        if name == "rnn_bigru_attention":
+            model["tok2vec"]["encode"]["depth"] = 2
+            model["pooling"] = "attention"
         return "rnn_textcat", {"model": model}
     if name == "bow":
         return "textcat", {"model": dict(BOW)}
@@ -238,16 +262,17 @@ def main(argv=None):
             for name, r in ok.items()
         },
     }
-    if "plain_torch" in ok:
-        plain = ok["plain_torch"]
-        result["vs_plain_torch"] = {
-            name: {
+    vs_plain = {}
+    for name, r in ok.items():
+        plain = ok.get(PLAIN_COUNTERPART.get(name))
+        if plain and r.get("train_words_per_s") and plain.get("train_words_per_s"):
+            vs_plain[name] = {
+                "against": PLAIN_COUNTERPART[name],
                 "train_ratio": r["train_words_per_s"] / plain["train_words_per_s"],
                 "infer_ratio": r["infer_words_per_s"] / plain["infer_words_per_s"],
             }
-            for name, r in ok.items()
-            if name.startswith("rnn_") and r.get("train_words_per_s") and plain.get("train_words_per_s")
-        }
+    if vs_plain:
+        result["vs_plain_torch"] = vs_plain
     _common.emit(result)
     return result
 
@@ -287,7 +312,7 @@ def run_child(args):
     if factory is None:
         from _plain_textcat import PlainTextcat, PlainTrainer, gold_labels, plain_pipe
 
-        trainer = PlainTrainer(PlainTextcat(len(LABELS), packed=config["packed"]).to(device))
+        trainer = PlainTrainer(PlainTextcat(len(LABELS), **config).to(device))
         gemm_layers = rnn_stacks = 0
 
         def update(batch, losses):

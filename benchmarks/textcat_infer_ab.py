@@ -2,6 +2,7 @@
 alternating passes in one process.
 
     python benchmarks/textcat_infer_ab.py --rounds 8 --threads 2
+    python benchmarks/textcat_infer_ab.py --model rnn_bigru_attention
 
 ``textcat_bench.py`` runs each model in its own process, one after the
 other, and on a VM whose speed drifts that leaves inference too noisy to
@@ -22,8 +23,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
+from textcat_bench import LABELS, PLAIN_COUNTERPART, PLAIN_MODELS, model_setup  # noqa: E402
 
-LABELS = ("positive", "negative")
+INFER_MODELS = ("rnn_bilstm", "rnn_gru", "rnn_bigru_attention")
 
 
 def parse_args(argv=None):
@@ -32,6 +34,9 @@ def parse_args(argv=None):
     p.add_argument("--max-docs", type=int, default=800, help="reviews to classify per pass")
     p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--model", choices=INFER_MODELS, default="rnn_bilstm",
+                   help="the spacy-rnn model (textcat_bench.py's names); the plain side is its "
+                        "PLAIN_COUNTERPART")
     p.add_argument("--padded", action="store_true",
                    help="plain model over the zero-padded batch instead of packed sequences")
     _common.add_common_args(p, gpu=False)
@@ -53,12 +58,14 @@ def main(argv=None):
     fix_random_seed(args.seed)
     texts = [r["full_text"] for r in _common.read_review_texts(args.data, args.max_docs)]
     nlp = spacy.blank("en")
-    textcat = nlp.add_pipe("rnn_textcat", name="textcat")
+    factory, config = model_setup(args.model)
+    textcat = nlp.add_pipe(factory, name="textcat", config=config)
     for label in LABELS:
         textcat.add_label(label)
     nlp.initialize()
     gemm_layers = _common.apply_gemm(nlp, args)
-    plain = PlainTrainer(PlainTextcat(len(LABELS), packed=not args.padded))
+    plain_name = PLAIN_COUNTERPART[args.model]
+    plain = PlainTrainer(PlainTextcat(len(LABELS), **{**PLAIN_MODELS[plain_name], "packed": not args.padded}))
 
     def batched(fn, docs):
         for start in range(0, len(docs), args.batch_size):
@@ -88,6 +95,8 @@ def main(argv=None):
         "docs": len(docs),
         "words": words,
         "batch_size": args.batch_size,
+        "model": args.model,
+        "plain_model": plain_name,
         "plain_packed": not args.padded,
         "gemm": args.gemm,
         "gemm_layers_switched": gemm_layers,

@@ -97,10 +97,32 @@ def test_textcat_bench_against_plain_torch(corpus):
         assert s["train_words_per_s"] > 0 and s["infer_words_per_s"] > 0 and 0 <= s["accuracy"] <= 1
         assert r["models"][name]["steps"] >= 4
     ratios = r["vs_plain_torch"]["rnn_bilstm"]
+    assert ratios["against"] == "plain_torch" and set(r["vs_plain_torch"]) == {"rnn_bilstm"}
     summary = r["summary"]
     assert ratios["train_ratio"] == pytest.approx(
         summary["rnn_bilstm"]["train_words_per_s"] / summary["plain_torch"]["train_words_per_s"])
     assert ratios["infer_ratio"] > 0
+
+
+def test_textcat_bench_bigru_attention_against_its_plain_model(corpus):
+    r = run_script(
+        "textcat_bench.py", "--corpus-dir", corpus, "--models", "rnn_bigru_attention,plain_torch_bigru_attention,plain_torch",
+        "--seconds", 0.3, "--batch-size", 8, "--no-quantize",
+    )
+    assert r["models"]["rnn_bigru_attention"]["rnn_stacks"] == 1
+    ratios = r["vs_plain_torch"]["rnn_bigru_attention"]
+    assert ratios["against"] == "plain_torch_bigru_attention"
+    summary = r["summary"]
+    assert ratios["train_ratio"] == pytest.approx(
+        summary["rnn_bigru_attention"]["train_words_per_s"]
+        / summary["plain_torch_bigru_attention"]["train_words_per_s"])
+
+
+def test_textcat_infer_ab_bigru_attention():
+    r = run_script("textcat_infer_ab.py", "--data", REVIEWS, "--max-docs", 12, "--rounds", 1,
+                   "--batch-size", 8, "--model", "rnn_bigru_attention")
+    assert r["model"] == "rnn_bigru_attention" and r["plain_model"] == "plain_torch_bigru_attention"
+    assert all(v > 0 for v in r["median_words_per_s"].values())
 
 
 def test_textcat_infer_ab():
@@ -148,6 +170,55 @@ def test_plain_textcat_does_rnn_textcats_work():
         together = model(*featurize(docs, torch.device("cpu")), 0.0)
         alone = torch.cat([model(*featurize([d], torch.device("cpu")), 0.0) for d in docs])
     assert torch.allclose(together, alone, atol=1e-6)
+
+
+@pytest.mark.parametrize("cell,depth,pooling", [("gru", 2, "attention"), ("gru", 1, "mean"), ("lstm", 2, "attention")])
+def test_plain_textcat_other_encoders_are_exact(cell, depth, pooling):
+    import torch
+
+    sys.path.insert(0, str(BENCH))
+    try:
+        from _plain_textcat import PlainTextcat, featurize
+    finally:
+        sys.path.remove(str(BENCH))
+    nlp = spacy.blank("en")
+    torch.manual_seed(0)
+    model = PlainTextcat(2, cell=cell, depth=depth, pooling=pooling).eval()
+    assert model.rnn.num_layers == depth and model.rnn.mode == cell.upper()
+    assert (model.query is not None) == (pooling == "attention")
+    docs = [nlp.make_doc(t) for t in ("Short one.", "A much longer review that goes on and on about the product.", "Ok")]
+    with torch.no_grad():
+        together = model(*featurize(docs, torch.device("cpu")), 0.0)
+        alone = torch.cat([model(*featurize([d], torch.device("cpu")), 0.0) for d in docs])
+    assert torch.allclose(together, alone, atol=1e-6)
+    assert not torch.allclose(together[0], together[1], atol=1e-3)
+
+
+def test_plain_attention_pool_is_thincs():
+    """The plain baseline's attention pooling computes what rnn_textcat's
+    pooling = "attention" (ParametricAttention.v2 + reduce_sum) computes."""
+    import numpy
+    import torch
+
+    from spacy_rnn.layers.pooling import rnn_pooling
+
+    sys.path.insert(0, str(BENCH))
+    try:
+        from _plain_textcat import attention_pool
+    finally:
+        sys.path.remove(str(BENCH))
+    rng = numpy.random.default_rng(0)
+    lengths = [3, 7, 1]
+    Xs = [rng.normal(size=(n, 6)).astype("float32") for n in lengths]
+    pool = rnn_pooling("attention", 6)
+    pool.initialize(X=Xs)
+    attention = [n for n in pool.walk() if n.name == "para-attn"][0]
+    query = attention.get_param("Q")
+    expected = pool.predict(Xs)
+    padded = torch.nn.utils.rnn.pad_sequence([torch.from_numpy(x) for x in Xs], batch_first=True)
+    mask = torch.arange(max(lengths))[None, :] < torch.tensor(lengths)[:, None]
+    got = attention_pool(padded, mask, torch.from_numpy(numpy.asarray(query)))
+    numpy.testing.assert_allclose(got.numpy(), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_spacy_train_kernels(corpus, tmp_path):

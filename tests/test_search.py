@@ -89,6 +89,9 @@ def test_ablation_runs_each_variant_and_compares(fixture_corpus, tmp_path):
     assert [r["variant"] for r in rows] == ["baseline", "weight drop", "broken"]
     assert rows[0]["status"] == "ok" and rows[1]["status"] == "ok"
     assert rows[2]["status"].startswith("failed") and "Unknown RNN cell" in rows[2]["status"]
+    # Each run keeps its console output: the dev scores, or the traceback.
+    assert "TEXTCAT" in (out / rows[0]["dir"] / "train.log").read_text()
+    assert "Unknown RNN cell" in (out / rows[2]["dir"] / "train.log").read_text()
     table = (out / "results.md").read_text()
     assert "weight drop" in table and "weight_drop=0.3" in table and "failed" in table
 
@@ -157,7 +160,7 @@ def test_lm_ablation_table_reads_in_perplexity():
 @pytest.mark.parametrize(
     "variants_file,config_file",
     [("textcat_ablation.json", "textcat_bilstm.cfg"), ("textcat_tuning.json", "textcat_bilstm.cfg"),
-     ("lm_ablation.json", "lm_ptb_cpu.cfg")],
+     ("textcat_stability.json", "textcat_bigru_attention.cfg"), ("lm_ablation.json", "lm_ptb_cpu.cfg")],
 )
 def test_every_shipped_ablation_variant_builds_its_pipeline(variants_file, config_file):
     """A typo in a variant's dotted key would only fail after the earlier

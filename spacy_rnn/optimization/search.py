@@ -173,6 +173,7 @@ def train_trial(
 
     env (Optional[Dict[str, str]]): The subprocess's environment (default:
         this process's).
+    The run's console output goes to ``output / "train.log"``.
     RETURNS (Tuple[float, float]): The best weighted dev score and the
         wall-clock seconds the run took.
     """
@@ -185,6 +186,10 @@ def train_trial(
     start = time.perf_counter()
     result = subprocess.run(args, capture_output=True, text=True, env=env)
     seconds = time.perf_counter() - start
+    # The run's own console output (the table of dev scores at every
+    # evaluation, or the traceback), kept beside its models.
+    Path(output).mkdir(parents=True, exist_ok=True)
+    (Path(output) / "train.log").write_text(result.stdout + result.stderr, encoding="utf8")
     if result.returncode != 0:
         tail = (result.stdout + result.stderr)[-1500:]
         raise RuntimeError(f"training in {output} failed: {tail}")
