@@ -40,9 +40,9 @@ def test_split_sizes_are_fixed(amazon_corpus):
     assert counts == {"train": 6377, "dev": 814, "test": 809}
 
 
-def _train_and_score(amazon_corpus, tmp_path, *overrides):
+def _train_and_score(amazon_corpus, tmp_path, *overrides, config="textcat_bilstm.cfg"):
     result = subprocess.run(
-        [sys.executable, "-m", "spacy", "train", str(ROOT / "configs" / "textcat_bilstm.cfg"),
+        [sys.executable, "-m", "spacy", "train", str(ROOT / "configs" / config),
          "--output", str(tmp_path), "--paths.train", str(amazon_corpus / "train.spacy"),
          "--paths.dev", str(amazon_corpus / "dev.spacy"), *overrides],
         capture_output=True, text=True,
@@ -66,7 +66,9 @@ def test_bilstm_learns_sentiment_quickly(amazon_corpus, tmp_path):
 
 
 @pytest.mark.slow
-def test_bilstm_config_reaches_stated_accuracy(amazon_corpus, tmp_path):
-    # The shipped config as is; README states the figure.
-    accuracy, n = _train_and_score(amazon_corpus, tmp_path)
-    assert accuracy >= 0.80, accuracy
+@pytest.mark.parametrize("config,minimum", [("textcat_bilstm.cfg", 0.80), ("textcat_bigru_attention.cfg", 0.85)])
+def test_shipped_config_reaches_stated_accuracy(amazon_corpus, tmp_path, config, minimum):
+    # The shipped configs as they are; README states the figures (test
+    # accuracy 0.848 and 0.868-0.884 over threads and seeds).
+    accuracy, n = _train_and_score(amazon_corpus, tmp_path, config=config)
+    assert accuracy >= minimum, accuracy
