@@ -12,7 +12,7 @@ $PY benchmarks/encoder_speed.py --threads "$THREADS" --seconds 30 > "$OUT/encode
 $PY benchmarks/textcat_bench.py --threads "$THREADS" --seconds 120 > "$OUT/textcat_bench.json"
 $PY benchmarks/textcat_infer_ab.py --threads "$THREADS" --gemm torch --rounds 10 > "$OUT/textcat_infer_ab.json"
 $PY benchmarks/lm_throughput.py --threads "$THREADS" --data ../shared/data/ptb --seconds 60 > "$OUT/lm_throughput.json"
-# The same with freed memory kept for reuse: no page-fault noise (README, Performance).
+# The same with freed memory kept for reuse: no page-fault noise (docs/performance.md, "Language model, re-measured").
 $PY benchmarks/lm_throughput.py --threads "$THREADS" --data ../shared/data/ptb --seconds 60 --keep-freed-memory > "$OUT/lm_throughput_kept_heap.json"
 $PY benchmarks/quantize_bench.py --threads "$THREADS" --seconds 120 > "$OUT/quantize_bench.json"
 $PY benchmarks/profile_textcat.py --threads "$THREADS" --steps 30 --out-dir "$OUT/profiles" > "$OUT/profile_textcat.json"

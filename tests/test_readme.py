@@ -1,4 +1,5 @@
-"""README.md's examples work as written.
+"""README.md's examples work as written, and so do the commands of
+docs/performance.md (the measurements README.md's Performance table sums up).
 
 Its Python blocks run, its config blocks build and train, and every command
 it shows names a command, script, config, setting, option, workflow and
@@ -25,11 +26,13 @@ from .test_language_model import TINY, _save_bidirectional_lm, stream_corpus
 from .util import ROOT, fixture_examples, small_textcat_config
 
 README = (ROOT / "README.md").read_text(encoding="utf8")
+# The commands and cited files of both are checked alike.
+DOCS = README + "\n" + (ROOT / "docs" / "performance.md").read_text(encoding="utf8")
 FENCED = re.compile(r"```(\w*)\n(.*?)```", re.S)
 
 
 def _blocks(lang: str) -> List[str]:
-    return [m.group(2) for m in FENCED.finditer(README) if m.group(1) == lang]
+    return [m.group(2) for m in FENCED.finditer(DOCS) if m.group(1) == lang]
 
 
 def _block_after(heading_text: str, lang: str) -> str:
@@ -48,7 +51,7 @@ def _shell_spans() -> List[str]:
     for block in _blocks("bash"):
         lines = [line.split(" #")[0] for line in block.splitlines() if not line.lstrip().startswith("#")]
         spans.append("\n".join(lines).replace("\\\n", " "))
-    prose = FENCED.sub("", README)
+    prose = FENCED.sub("", DOCS)
     spans.extend(re.findall(r"`([^`]+)`", prose))
     return spans
 
@@ -185,8 +188,8 @@ def test_project_commands_name_real_workflows_and_variables():
 def test_every_shipped_config_and_cited_result_is_in_the_readme_and_exists():
     for path in sorted((ROOT / "configs").glob("*.cfg")):
         assert path.name in README, f"configs/{path.name} is not documented in README.md"
-    for cited in set(re.findall(r"(?:configs|docs/results|benchmarks|scripts)/[\w./-]*\w", README)):
-        assert (ROOT / cited).exists(), f"README cites {cited}, which does not exist"
+    for cited in set(re.findall(r"(?:configs|docs/results|docs/performance|benchmarks|scripts)/[\w./-]*\w", DOCS)):
+        assert (ROOT / cited).exists(), f"README.md or docs/performance.md cites {cited}, which does not exist"
 
 
 def test_python_quickstart_runs_and_its_saved_pipeline_predicts_the_same(tmp_path, monkeypatch):

@@ -5,7 +5,7 @@ Plain PyTorch. On CUDA ``nn.GRU`` runs cuDNN's fused kernels and on the CPU
 the cell as separate tensor ops per time step, and autograd records every one
 of them and replays a backward node for each: an ``rnn_textcat`` training
 step made 265k aten ops with a GRU against 1.4k with the LSTM, and trained at
-0.29x of its speed (README, "Fused CPU loops for GRU and Elman layers").
+0.29x of its speed (docs/performance.md, "Fused CPU loops for GRU and Elman layers").
 
 Here the input projection for all time steps is one matrix product, the
 recurrence is a loop of six tensor ops per step that write into
