@@ -17,7 +17,9 @@
 # base then new: nlp.update vs the component vs the plain loop), clip
 # (lm_throughput with Thinc's per-tensor clipping, new), nograph
 # (lm_throughput with rnn_lm's cuda_graphs off, new), torchgraph
-# (lm_throughput with the plain loop replayed as CUDA graphs too, new). lm_throughput clips
+# (lm_throughput with the plain loop replayed as CUDA graphs too, new), plain
+# (new, 2 files: textcat_bench of rnn_bilstm, rnn_gru and their plain PyTorch
+# counterparts, packed and padded; lm_throughput --cell gru). lm_throughput clips
 # rnn_lm by the global norm by default; a baseline older than 432d319 does
 # that with a host read per tensor, so LM_ARGS="--rnn-lm-clip per-tensor"
 # compares the two trees on the old protocol.
@@ -98,6 +100,15 @@ for step in $STEPS; do
           --gpu-id 0 --seconds "${TEXTCAT_SECONDS:-20}" --models rnn_bilstm,torch_bilstm ${TEXTCAT_ARGS:-} \
           > "$OUT/textcat_ab_new_$r.json" 2>> "$OUT/stderr.log"
       done ;;
+    plain)
+      # Issue 5's GPU comparisons with plain PyTorch: the text classifiers
+      # (never run on a GPU) and the GRU language model.
+      PYTHONPATH=$NEW timeout 300 python3 benchmarks/textcat_bench.py --corpus-dir shared/amazon \
+        --gpu-id 0 --seconds "${TEXTCAT_SECONDS:-20}" \
+        --models rnn_bilstm,plain_torch,plain_torch_padded,rnn_gru,plain_torch_gru \
+        > "$OUT/textcat_vs_plain.json" 2>> "$OUT/stderr.log"
+      PYTHONPATH=$NEW timeout 120 python3 benchmarks/lm_throughput.py --data shared/ptb \
+        --seconds "$S" --gpu-id 0 --cell gru > "$OUT/lm_gru.json" 2>> "$OUT/stderr.log" ;;
     encoder)
       PYTHONPATH=$NEW timeout 60 python3 benchmarks/encoder_speed.py --data shared/amazon/reviews.jsonl \
         --max-reviews 500 --seconds 3 --gpu-id 0 > "$OUT/encoder_speed.json" 2>> "$OUT/stderr.log" ;;

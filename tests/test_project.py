@@ -200,7 +200,7 @@ def test_configs_are_english():
         assert lang and lang.group(1) == LANG, f"{cfg.name}: package names assume lang {LANG}"
 
 
-@pytest.mark.parametrize("var", ["textcat_config", "ptb_config", "wikitext2_config"])
+@pytest.mark.parametrize("var", ["textcat_config", "ablate_textcat_config", "ptb_config", "wikitext2_config"])
 def test_config_vars_name_existing_configs(tmp_path, var):
     config = load_project(tmp_path)
     cfg_path = ROOT / "configs" / config["vars"][var]
